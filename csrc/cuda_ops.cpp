@@ -1,0 +1,60 @@
+// CUDA registrations: torch tensors in, raw pointers to the launchers in csrc/cuda/*.cu.
+// Compiled only when the extension is built with CUDA (RLHF_FAST_WITH_CUDA).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "rlhf_fast/cuda_launchers.h"
+#include "rlhf_fast/torch_utils.h"
+
+namespace rlhf_fast {
+namespace {
+
+void check_launch(cudaError_t status, const char* op) {
+  TORCH_CHECK(status == cudaSuccess, op, " CUDA kernel failed: ", cudaGetErrorString(status));
+}
+
+std::tuple<at::Tensor, at::Tensor> gae_cuda(const at::Tensor& rewards, const at::Tensor& values,
+                                            const at::Tensor& mask, double gamma, double lam) {
+  check_gae_inputs(rewards, values, mask, gamma, lam);
+  TORCH_CHECK(rewards.is_cuda(), "gae_cuda needs CUDA tensors, got ", rewards.device());
+  const c10::cuda::CUDAGuard guard(rewards.device());
+  const auto r = rewards.contiguous();
+  const auto v = values.contiguous();
+  const auto m = mask.contiguous();
+  auto adv = at::empty(r.sizes(), r.options().dtype(at::kFloat));
+  auto ret = at::empty(r.sizes(), r.options().dtype(at::kFloat));
+  check_launch(launch_gae(to_dtype(r, "rewards"), r.data_ptr(), v.data_ptr(), m.data_ptr<bool>(),
+                          adv.data_ptr<float>(), ret.data_ptr<float>(), r.size(0), r.size(1),
+                          static_cast<float>(gamma), static_cast<float>(lam),
+                          c10::cuda::getCurrentCUDAStream()),
+               "gae");
+  return {adv, ret};
+}
+
+at::Tensor masked_whiten_cuda(const at::Tensor& x, const at::Tensor& mask, double eps,
+                              bool shift_mean) {
+  check_whiten_inputs(x, mask, eps);
+  TORCH_CHECK(x.is_cuda(), "masked_whiten_cuda needs CUDA tensors, got ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto xc = x.contiguous();
+  const auto mc = mask.contiguous();
+  auto out = at::empty(xc.sizes(), xc.options().dtype(at::kFloat));
+  auto stats = at::zeros({3}, xc.options().dtype(at::kDouble));
+  check_launch(launch_masked_whiten(to_dtype(xc, "x"), xc.data_ptr(), mc.data_ptr<bool>(),
+                                    out.data_ptr<float>(), stats.data_ptr<double>(), xc.numel(),
+                                    static_cast<float>(eps), shift_mean,
+                                    c10::cuda::getCurrentCUDAStream()),
+               "masked_whiten");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rlhf_fast, CUDA, m) {
+  m.impl("gae", &gae_cuda);
+  m.impl("masked_whiten", &masked_whiten_cuda);
+}
+
+}  // namespace rlhf_fast

@@ -1,0 +1,16 @@
+"""Public op API. Each op has one PyTorch reference `<op>_ref` and a `backend=` argument
+("auto" | "torch" | "cpu" | "cuda" | "triton"); see rlhf_fast.ops._backend."""
+
+from rlhf_fast.ops._backend import BACKENDS, BackendUnavailable, available_backends
+from rlhf_fast.ops.gae import gae, gae_ref
+from rlhf_fast.ops.masked_whiten import masked_whiten, masked_whiten_ref
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "available_backends",
+    "gae",
+    "gae_ref",
+    "masked_whiten",
+    "masked_whiten_ref",
+]
