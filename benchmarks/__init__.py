@@ -1,0 +1,1 @@
+"""rlhf_fast benchmarks: every kernel against its PyTorch reference (correctness, speed, memory)."""
