@@ -39,7 +39,7 @@ def gencode_flags():
 def extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]  # at::parallel_for is OpenMP inside its headers
+    cxx = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP inside its headers; torch picks the C++ standard
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     with_cuda, reason = cuda_build_status()
     if not with_cuda:
@@ -47,7 +47,7 @@ def extensions():
         return [CppExtension("rlhf_fast._C", sources, include_dirs=include_dirs,
                              extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
     sources += rel("csrc/cuda_ops.cpp") + rel("csrc/cuda/*.cu")
-    nvcc = ["-O3", "-std=c++17", "-lineinfo", *gencode_flags()]
+    nvcc = ["-O3", "-lineinfo", *gencode_flags()]
     return [CUDAExtension("rlhf_fast._C", sources, include_dirs=include_dirs,
                           define_macros=[("RLHF_FAST_WITH_CUDA", None)],
                           extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])]
