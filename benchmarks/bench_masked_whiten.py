@@ -1,0 +1,54 @@
+"""Masked whitening: every available rlhf_fast backend against masked_whiten_ref, side by side.
+
+    python -m benchmarks.bench_masked_whiten [--device cuda] [--dtype bfloat16] [--quick]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from benchmarks._common import bench_case, finish, kernel_providers, pick_device, standard_args
+from rlhf_fast import ops
+
+TOL = 1e-5  # fp64 statistics in every backend
+
+
+def shapes(device: torch.device, quick: bool) -> list[tuple[int, int]]:
+    if device.type == "cuda":
+        return [(512, 4096)] if quick else [(512, 4096), (8192, 2048), (8192, 4096)]
+    return [(256, 1024)] if quick else [(256, 1024), (1024, 2048)]
+
+
+def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None = None):
+    rows, skipped = [], []
+    for B, T in shapes(device, quick):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(B, T, generator=g).to(device, dtype)
+        lengths = torch.randint(0, T + 1, (B,), generator=g)
+        m = (torch.arange(T)[None, :] < lengths[:, None]).to(device)
+        expected = ops.masked_whiten_ref(x.float(), m)
+        compiled = torch.compile(ops.masked_whiten_ref)
+        providers = {"torch:masked_whiten_ref": lambda: ops.masked_whiten_ref(x, m),
+                     "torch:masked_whiten_ref+compile": lambda: compiled(x, m)}
+        kernels, notes = kernel_providers(ops.available_backends(device),
+                                          lambda b: (lambda: ops.masked_whiten(x, m, backend=b)), device)
+        providers.update(kernels)
+        skipped += notes
+        bytes_moved = B * T * (2 * x.element_size() + 2 + 4)  # x twice for the stats, mask, x + mask + out to apply
+        rows += bench_case("masked_whiten", f"B={B} T={T}", dtype, "forward", providers, expected, device, tol=TOL,
+                           reference="torch:masked_whiten_ref", bytes_moved=bytes_moved,
+                           reps=reps or (5 if quick else 10))
+    return rows, skipped
+
+
+def main(argv=None) -> int:
+    args = standard_args(__doc__).parse_args(argv)
+    device = pick_device(args.device)
+    rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps)
+    return finish(rows, "bench_masked_whiten", device, args, skipped)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
