@@ -1,0 +1,1 @@
+"""Stage trainers: SFT, reward model, PPO, and what they share."""

@@ -1,0 +1,210 @@
+"""What the stage trainers share: set-up (device, seed, threads), the optimizer and schedule, the
+deterministic data order, the step loop with gradient accumulation and clipping, metrics, progress,
+and checkpoint / resume. A stage subclasses Trainer and fills in setup_models, micro_step, evaluate
+and models_to_save."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+
+import torch
+
+from rlhf_fast.config import to_dict
+from rlhf_fast.models.loading import resolve_device
+from rlhf_fast.trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rlhf_fast.trainers.metrics import MetricsLogger, plot_metrics
+
+
+class BatchOrder:
+    """Micro-batch i of a run over n rows: a fresh seeded permutation each epoch, so the data
+    position (a single integer) is enough to resume exactly."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int):
+        if n_rows < batch_size:
+            batch_size = n_rows
+        self.n, self.bs, self.seed = n_rows, batch_size, seed
+        self.per_epoch = n_rows // batch_size  # drop the ragged tail: every batch has bs rows
+        self._perm_epoch, self._perm = -1, None
+
+    def indices(self, i: int) -> list[int]:
+        epoch, j = divmod(i, self.per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+        return self._perm[j * self.bs : (j + 1) * self.bs]
+
+
+def cosine_schedule(optimizer, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    stage = "base"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.run.device)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        seed_everything(cfg.run.seed)
+        self.step = 0
+        self.data_position = 0
+        self.truncated_rows = 0
+        self.output_dir = cfg.run.output_dir
+        os.makedirs(self.output_dir, exist_ok=True)
+
+    # ---- to be filled in by a stage ----
+    def setup_models(self) -> None:
+        """Builds self.model (from self.resume_from's weights when resuming)."""
+        raise NotImplementedError
+
+    def micro_step(self, rows: list[dict]) -> tuple[torch.Tensor, dict]:
+        """Loss (already divided by grad_accum) and metrics of one micro-batch."""
+        raise NotImplementedError
+
+    def evaluate(self) -> dict:
+        return {}
+
+    def models_to_save(self) -> dict:
+        raise NotImplementedError
+
+    def finish(self) -> dict:
+        """Work after the last step (e.g. the RM's normalisation); returns final metrics."""
+        return {}
+
+    # ---- shared ----
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def setup(self, train_rows: list[dict]) -> None:
+        self.train_rows = train_rows
+        self.resume_from = latest_checkpoint(self.output_dir) if self.cfg.run.resume else None
+        self.setup_models()  # loads the weights of self.resume_from when set
+        o = self.cfg.optim
+        params = [p for p in self.trainable_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
+        self.order = BatchOrder(len(train_rows), o.batch_size, self.cfg.run.seed)
+        if self.resume_from:
+            self.load_state(self.resume_from)
+        self.metrics = MetricsLogger(self.output_dir, resume=self.resume_from is not None)
+        if self.resume_from:
+            self._trim_metrics()
+
+    def trainable_parameters(self):
+        return self.model.parameters()
+
+    def _trim_metrics(self) -> None:
+        """Drops metric lines past the resumed step (written after the checkpoint, before a crash)."""
+        import json
+
+        with open(self.metrics.path) as f:
+            lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        self.metrics._file.close()
+        with open(self.metrics.path, "w") as f:
+            f.writelines(lines)
+        self.metrics._file = open(self.metrics.path, "a")
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        o = cfg.optim
+        bar = None
+        if cfg.run.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=o.max_steps, initial=self.step, desc=self.stage, dynamic_ncols=True)
+        last_eval = {}
+        try:
+            while self.step < o.max_steps:
+                t0 = time.perf_counter()
+                self.model.train()
+                totals: dict = {}
+                tokens = 0
+                for _ in range(o.grad_accum):
+                    rows = [self.train_rows[i] for i in self.order.indices(self.data_position)]
+                    self.data_position += 1
+                    with self.autocast():
+                        loss, metrics = self.micro_step(rows)
+                    loss.backward()
+                    tokens += metrics.pop("tokens", 0)
+                    for k, v in metrics.items():
+                        totals[k] = totals.get(k, 0.0) + float(v) / o.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]],
+                    o.grad_clip if o.grad_clip > 0 else float("inf"))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                dt = time.perf_counter() - t0
+                row = {**totals, "optim/lr": self.scheduler.get_last_lr()[0], "optim/grad_norm": float(grad_norm),
+                       "perf/tokens_per_s": tokens / dt if dt > 0 else 0.0, "perf/step_s": dt}
+                if self.device.type == "cuda":
+                    row["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self.step < o.max_steps:
+                    last_eval = self.evaluate()
+                    row.update(last_eval)
+                self.metrics.log(self.step, row)
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % max(1, cfg.run.log_every) == 0 or self.step == o.max_steps:
+                        bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items()
+                                         if k in ("loss/sft", "loss/rm", "rm/accuracy", "perf/tokens_per_s")})
+                if cfg.run.save_every and self.step % cfg.run.save_every == 0 and self.step < o.max_steps:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        final = {**self.evaluate(), **self.finish()}
+        final["data/truncated_rows"] = self.truncated_rows
+        self.metrics.log(self.step, final)
+        self.save()
+        self.metrics.close()
+        plot_metrics(self.metrics.path, os.path.join(self.output_dir, "curves.png"), title=f"{self.stage} training")
+        return final
+
+    def save(self) -> str:
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "data_position": self.data_position, "truncated_rows": self.truncated_rows,
+                 "config": to_dict(self.cfg)}
+        path = save_checkpoint(self.output_dir, self.step, self.models_to_save(), state)
+        self.export_final(path)
+        return path
+
+    def export_final(self, checkpoint: str) -> None:
+        """Keeps `<output_dir>/model` pointing at the newest weights for the next stage."""
+        import shutil
+
+        for name in self.models_to_save():
+            src = os.path.join(checkpoint, name)
+            dst = os.path.join(self.output_dir, name)
+            tmp = dst + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            os.replace(tmp, dst)
+
+    def load_state(self, checkpoint: str) -> None:
+        state = load_trainer_state(checkpoint)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        self.data_position = state["data_position"]
+        self.truncated_rows = state.get("truncated_rows", 0)
