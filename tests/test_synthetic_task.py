@@ -233,6 +233,8 @@ def test_tokenizer_round_trip_and_lengths(tok, examples):
             ids = tok(text)["input_ids"]
             assert tok.unk_token_id not in ids
             assert " ".join(tok.decode(ids).split()) == " ".join(text.split())
+            # the prompt/response boundary is a token boundary (trainers mask the prompt by length)
+            assert tok(ex["prompt"] + "\n")["input_ids"] + tok(response)["input_ids"] == ids
             lengths.append(len(ids))
     assert max(lengths) < 40, max(lengths)
     assert sum(lengths) / len(lengths) < 20
