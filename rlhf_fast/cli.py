@@ -1,4 +1,4 @@
-"""The `rlhf-fast` command: info, sft, rm, eval (and, as they land, ppo, pipeline, bench).
+"""The `rlhf-fast` command: pipeline (the default demo), sft, rm, ppo, eval, info.
 
 Stage commands take `--config <file or preset name>` and `--section.field value` overrides,
 e.g. `rlhf-fast sft --config tiny --optim.lr 3e-4 --run.output_dir outputs/sft`."""
@@ -25,6 +25,20 @@ def _stage(args, rest, cls, section, run):
         return 2
     final = run(cfg)
     print(json.dumps(final, indent=1, default=float))
+    return 0
+
+
+def _pipeline(args, rest) -> int:
+    from rlhf_fast.config import ConfigError
+    from rlhf_fast.pipeline import format_summary, run_pipeline
+
+    try:
+        results = run_pipeline(args.config, rest, output_dir=args.output_dir, seed=args.seed)
+    except ConfigError as exc:
+        print(f"rlhf-fast pipeline: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(results["summary"]))
+    print(f"report: {args.output_dir}/report.md")
     return 0
 
 
@@ -65,9 +79,16 @@ def _eval(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="rlhf-fast", description="Fast RLHF (InstructGPT) trainer")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions and available kernel backends")
-    for name, text in (("sft", "stage 1: supervised fine-tuning"), ("rm", "stage 2: reward model on K-way rankings")):
+    p = sub.add_parser("pipeline", help="SFT -> RM -> PPO on the tiny preset and synthetic task, then a report",
+                       description="SFT -> RM -> PPO, evaluated with the gold labeler. Extra --<stage>.<section>.<field> "
+                                   "value pairs override single fields, e.g. --ppo.rollout.batch_size 32.")
+    p.add_argument("--config", default="tiny", help="YAML file or preset name with sft / rm / ppo sections")
+    p.add_argument("--output-dir", default="outputs/pipeline")
+    p.add_argument("--seed", type=int, default=None, help="seed for every stage (default: the config's)")
+    for name, text in (("sft", "stage 1: supervised fine-tuning"), ("rm", "stage 2: reward model on K-way rankings"),
+                       ("ppo", "stage 3: PPO against the reward model with a per-token KL penalty")):
         p = sub.add_parser(name, help=text, description=text + ". Extra --section.field value pairs override the config.")
         p.add_argument("--config", default=None, help="YAML file or preset name in configs/ (e.g. tiny)")
         p.add_argument("--help-config", action="store_true", help="list every config key with its description")
@@ -79,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--max-length", type=int, default=128)
-    args, rest = parser.parse_known_args(argv)
-    if args.command not in ("sft", "rm") and rest:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = parser.parse_known_args(argv or ["pipeline"])  # no command: the embedded demo
+    if args.command not in ("sft", "rm", "ppo", "pipeline") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
         from rlhf_fast.info import main as info_main
@@ -96,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         from rlhf_fast.trainers.rm import run_rm
 
         return _stage(args, rest, RMConfig, "rm", run_rm)
+    if args.command == "ppo":
+        from rlhf_fast.config import PPOConfig
+        from rlhf_fast.trainers.ppo import run_ppo
+
+        return _stage(args, rest, PPOConfig, "ppo", run_ppo)
+    if args.command == "pipeline":
+        return _pipeline(args, rest)
     if args.command == "eval":
         return _eval(args)
     parser.error(f"unknown command {args.command!r}")

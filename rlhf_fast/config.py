@@ -230,3 +230,49 @@ def load_config(cls, section: str, path: str | None = None, overrides: list[str]
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+@dataclass
+class RolloutConfig:
+    batch_size: int = doc(64, "prompts (episodes) sampled per PPO iteration")
+    max_new_tokens: int = doc(24, "longest response sampled")
+    temperature: float = doc(1.0, "sampling temperature (the paper: 1)")
+    top_p: float = doc(1.0, "nucleus sampling threshold (1 disables)")
+
+
+@dataclass
+class PPOHyperConfig:
+    epochs: int = doc(1, "passes over each rollout batch (the paper: 1)")
+    minibatch_size: int = doc(16, "episodes per gradient step")
+    clip: float = doc(0.2, "policy ratio clip")
+    value_clip: float = doc(0.2, "value clip around the rollout's values")
+    vf_coef: float = doc(0.5, "value-loss weight")
+    entropy_coef: float = doc(0.0, "entropy bonus weight")
+    kl_beta: float = doc(0.02, "per-token KL penalty coefficient (the paper: 0.02)")
+    kl_estimator: str = doc("k1", "per-token KL estimate in the reward: k1 (log-ratio) or k3")
+    adaptive_kl: bool = doc(False, "adapt kl_beta towards kl_target (Ziegler et al. 2019)")
+    kl_target: float = doc(6.0, "adaptive KL: target KL per episode")
+    kl_horizon: int = doc(10000, "adaptive KL: horizon in episodes")
+    gamma: float = doc(1.0, "discount")
+    lam: float = doc(0.95, "GAE lambda")
+    whiten_advantages: bool = doc(True, "whiten advantages over the rollout batch")
+    score_clip: float = doc(0.0, "clip reward-model scores to [-score_clip, score_clip] (0 disables)")
+    score_normalize: bool = doc(False, "normalise reward-model scores with running mean / std")
+    no_eos_penalty: float = doc(0.0, "score given instead of the RM's to responses cut at max_new_tokens without EOS (0 disables)")
+    ptx_coef: float = doc(0.0, "PPO-ptx: weight of the pretraining NLL mixed into each step (the paper: 27.8)")
+    ptx_file: str | None = doc(None, "PPO-ptx data (SFT JSONL rows); None uses the synthetic demonstrations")
+    offload_frozen: bool = doc(False, "keep the reference and reward models on the CPU between uses")
+
+
+@dataclass
+class PPOConfig:
+    """Stage 3: PPO against the reward model with a per-token KL penalty to the SFT model."""
+
+    model: ModelConfig = section(ModelConfig, "the policy, initialised from the SFT model (also the frozen reference)")
+    reward_model: str | None = doc(None, "reward-model folder (frozen); None: a fresh preset model (tests only)")
+    value_model: str | None = doc(None, "value-model initialisation; None uses reward_model (as in the paper)")
+    data: DataConfig = section(DataConfig, "prompts")
+    optim: OptimConfig = section(lambda: OptimConfig(lr=1e-4, max_steps=40, warmup_steps=0, min_lr_ratio=1.0), "optimizer; max_steps counts PPO iterations")
+    run: RunConfig = section(lambda: RunConfig(output_dir="outputs/ppo"), "run control")
+    rollout: RolloutConfig = section(RolloutConfig, "sampling")
+    ppo: PPOHyperConfig = section(PPOHyperConfig, "PPO hyper-parameters")

@@ -27,10 +27,8 @@ def synthetic_rows(kind: str, split: str, n: int, k: int = 4, seed: int = 0) -> 
         rows = []
         for ex in examples:
             responses = task.candidates(ex, k, rng)
-            scores = [task.score(ex["prompt"], r) for r in responses]
-            distinct = sorted(set(scores), reverse=True)
-            ranks = [distinct.index(s) for s in scores]
-            if len(distinct) >= 2:  # all-equal rankings hold no comparison
+            ranks, _ = task.rank(ex["prompt"], responses)  # ties share a rank
+            if len(set(ranks)) >= 2:  # all-equal rankings hold no comparison
                 rows.append({"prompt": ex["prompt"], "responses": responses, "ranks": ranks})
         return rows
     raise ValueError(f"unknown row kind {kind!r}")

@@ -33,15 +33,16 @@ class RewardModel(nn.Module):
     def config(self):
         return self.backbone.config
 
-    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(N, T) fp32 scalar per token (the value model's values)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         return self.head(hidden).squeeze(-1).float()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                last_index: torch.Tensor | None = None) -> torch.Tensor:
+                last_index: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(N,) fp32 rewards read at `last_index` (default: the last non-padding token, right padding)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
         if last_index is None:
             last_index = attention_mask.long().sum(-1) - 1
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index.clamp_min(0)]

@@ -55,6 +55,7 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     stage = "base"
+    progress_keys = ("perf/tokens_per_s",)  # metrics shown on the progress bar
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -101,12 +102,15 @@ class Trainer:
         params = [p for p in self.trainable_parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
-        self.order = BatchOrder(len(train_rows), o.batch_size, self.cfg.run.seed)
+        self.order = BatchOrder(len(train_rows), self.rows_per_batch(), self.cfg.run.seed)
         if self.resume_from:
             self.load_state(self.resume_from)
         self.metrics = MetricsLogger(self.output_dir, resume=self.resume_from is not None)
         if self.resume_from:
             self._trim_metrics()
+
+    def rows_per_batch(self) -> int:
+        return self.cfg.optim.batch_size
 
     def trainable_parameters(self):
         return self.model.parameters()
@@ -130,43 +134,25 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=o.max_steps, initial=self.step, desc=self.stage, dynamic_ncols=True)
-        last_eval = {}
         try:
             while self.step < o.max_steps:
                 t0 = time.perf_counter()
-                self.model.train()
-                totals: dict = {}
-                tokens = 0
-                for _ in range(o.grad_accum):
-                    rows = [self.train_rows[i] for i in self.order.indices(self.data_position)]
-                    self.data_position += 1
-                    with self.autocast():
-                        loss, metrics = self.micro_step(rows)
-                    loss.backward()
-                    tokens += metrics.pop("tokens", 0)
-                    for k, v in metrics.items():
-                        totals[k] = totals.get(k, 0.0) + float(v) / o.grad_accum
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"]],
-                    o.grad_clip if o.grad_clip > 0 else float("inf"))
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                row = self.train_step()
                 self.step += 1
                 dt = time.perf_counter() - t0
-                row = {**totals, "optim/lr": self.scheduler.get_last_lr()[0], "optim/grad_norm": float(grad_norm),
-                       "perf/tokens_per_s": tokens / dt if dt > 0 else 0.0, "perf/step_s": dt}
+                row["perf/step_s"] = dt
+                if "tokens" in row:
+                    row["perf/tokens_per_s"] = row.pop("tokens") / dt if dt > 0 else 0.0
                 if self.device.type == "cuda":
                     row["perf/peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                 if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self.step < o.max_steps:
-                    last_eval = self.evaluate()
-                    row.update(last_eval)
+                    row.update(self.evaluate())
                 self.metrics.log(self.step, row)
                 if bar is not None:
                     bar.update(1)
                     if self.step % max(1, cfg.run.log_every) == 0 or self.step == o.max_steps:
                         bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items()
-                                         if k in ("loss/sft", "loss/rm", "rm/accuracy", "perf/tokens_per_s")})
+                                         if k in self.progress_keys})
                 if cfg.run.save_every and self.step % cfg.run.save_every == 0 and self.step < o.max_steps:
                     self.save()
         finally:
@@ -180,10 +166,45 @@ class Trainer:
         plot_metrics(self.metrics.path, os.path.join(self.output_dir, "curves.png"), title=f"{self.stage} training")
         return final
 
+    def train_step(self) -> dict:
+        """One optimizer step over grad_accum micro-batches; returns its metrics (with "tokens")."""
+        o = self.cfg.optim
+        self.model.train()
+        totals: dict = {}
+        tokens = 0
+        for _ in range(o.grad_accum):
+            rows = [self.train_rows[i] for i in self.order.indices(self.data_position)]
+            self.data_position += 1
+            with self.autocast():
+                loss, metrics = self.micro_step(rows)
+            loss.backward()
+            tokens += metrics.pop("tokens", 0)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / o.grad_accum
+        grad_norm = self.optimizer_step()
+        self.scheduler.step()
+        return {**totals, "optim/lr": self.scheduler.get_last_lr()[0], "optim/grad_norm": grad_norm, "tokens": tokens}
+
+    def optimizer_step(self) -> float:
+        """Clips the global gradient norm, steps, zeroes; returns the norm before clipping."""
+        clip = self.cfg.optim.grad_clip
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def extra_state(self) -> dict:
+        """Stage-specific state saved with the checkpoint (e.g. PPO's KL controller)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
     def save(self) -> str:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "data_position": self.data_position, "truncated_rows": self.truncated_rows,
-                 "config": to_dict(self.cfg)}
+                 "config": to_dict(self.cfg), "extra": self.extra_state()}
         path = save_checkpoint(self.output_dir, self.step, self.models_to_save(), state)
         self.export_final(path)
         return path
@@ -208,3 +229,4 @@ class Trainer:
         self.step = state["step"]
         self.data_position = state["data_position"]
         self.truncated_rows = state.get("truncated_rows", 0)
+        self.load_extra_state(state.get("extra", {}))

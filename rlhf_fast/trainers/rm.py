@@ -34,6 +34,7 @@ def build_reward_model(model_cfg, tokenizer, device, path: str | None = None) ->
 
 class RMTrainer(Trainer):
     stage = "rm"
+    progress_keys = ("loss/rm", "rm/accuracy", "perf/tokens_per_s")
 
     def setup_models(self) -> None:
         self.tokenizer = load_tokenizer_for(self.cfg.model)

@@ -30,6 +30,7 @@ def sft_loss(model, batch: dict, reduction: str = "mean") -> tuple[torch.Tensor,
 
 class SFTTrainer(Trainer):
     stage = "sft"
+    progress_keys = ("loss/sft", "perf/tokens_per_s")
 
     def setup_models(self) -> None:
         model_cfg = copy.copy(self.cfg.model)
