@@ -44,7 +44,8 @@ inline float exp_nonpos(float x) {
 
 inline int64_t row_grain(int64_t v) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(v, 1)); }
 
-// Folds rows [begin, end) of one logits tile (row stride ld) into the online-LSE state.
+// Folds rows [begin, end) of one logits tile (row stride ld) into the online-LSE state
+// (m = running max, s = sum exp(z - m), t = sum exp(z - m) (z - m)).
 template <typename scalar_t>
 void fwd_rows(const scalar_t* base, int64_t ld, int64_t v, int64_t begin, int64_t end, const int64_t* y,
               int64_t v_start, float it, bool with_entropy, float* M, float* S, float* T, float* tgt) {
@@ -59,18 +60,20 @@ void fwd_rows(const scalar_t* base, int64_t ld, int64_t v, int64_t begin, int64_
       if (with_entropy) {
 #pragma omp simd reduction(+ : s, t)
         for (int64_t j = 0; j < v; ++j) {
-          const float z = static_cast<float>(x[j]) * it;
-          const float e = exp_nonpos(z - m_new);
+          const float d = static_cast<float>(x[j]) * it - m_new;
+          const float e = exp_nonpos(d);
           s += e;
-          t += e == 0.f ? 0.f : e * z;  // 0 * -inf would be NaN: masked entries add nothing
+          t += e == 0.f ? 0.f : e * d;  // 0 * -inf would be NaN: masked entries add nothing
         }
       } else {
 #pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < v; ++j) s += exp_nonpos(static_cast<float>(x[j]) * it - m_new);
       }
-      const float scale = lp_rescale(M[r], m_new);
+      const float m_old = M[r], scale = lp_rescale(m_old, m_new);
+      // t is centered on the running max (sum e (z - m)), so entropy = log s - t / s has no
+      // cancellation even for logits near -1e4; moving the max shifts it by (m_old - m_new) s.
+      T[r] = !with_entropy ? 0.f : (m_old == kNegInf ? t : scale * (T[r] + (m_old - m_new) * S[r]) + t);
       S[r] = S[r] * scale + s;
-      T[r] = with_entropy ? T[r] * scale + t : 0.f;
       M[r] = m_new;
     }
     const int64_t col = y[r] - v_start;  // ignored tokens carry a negative label
@@ -81,8 +84,8 @@ void fwd_rows(const scalar_t* base, int64_t ld, int64_t v, int64_t begin, int64_
 // Overwrites rows [begin, end) of one logits tile with dL/dx (see logprobs_math.h).
 template <typename scalar_t>
 void bwd_rows(scalar_t* base, int64_t ld, int64_t v, int64_t begin, int64_t end, const int64_t* y,
-              int64_t v_start, float it, const float* L, const float* MU, const float* G1,
-              const float* G2) {
+              int64_t v_start, float it, const float* M, const float* LS, const float* C,
+              const float* G1, const float* G2) {
   for (int64_t r = begin; r < end; ++r) {
     scalar_t* x = base + r * ld;
     const float g1 = G1[r] * it, g2 = G2[r] * it;  // fold d z / d x = 1 / temperature in
@@ -90,12 +93,12 @@ void bwd_rows(scalar_t* base, int64_t ld, int64_t v, int64_t begin, int64_t end,
       for (int64_t j = 0; j < v; ++j) x[j] = scalar_t(0);
       continue;
     }
-    const float l = L[r], mu = MU[r];
+    const float m = M[r], log_s = LS[r], c = C[r];
 #pragma omp simd
     for (int64_t j = 0; j < v; ++j) {
-      const float z = static_cast<float>(x[j]) * it;
-      const float p = exp_nonpos(z - l);
-      const float ent = p == 0.f ? 0.f : p * (z - mu);  // p = 0 at z = -inf: no NaN
+      const float d = static_cast<float>(x[j]) * it - m;  // z - max: exact near the max
+      const float p = exp_nonpos(d - log_s);
+      const float ent = p == 0.f ? 0.f : p * (d - c);  // p = 0 at z = -inf: no NaN
       x[j] = static_cast<scalar_t>(-g1 * p - g2 * ent);
     }
     const int64_t col = y[r] - v_start;
@@ -129,10 +132,10 @@ void logprobs_fwd_tile_cpu(const at::Tensor& logits, const at::Tensor& labels, i
 }
 
 void logprobs_bwd_tile_cpu(const at::Tensor& logits, const at::Tensor& labels, int64_t v_start,
-                           double inv_temp, const at::Tensor& lse, const at::Tensor& mean_logit,
-                           const at::Tensor& g_lp, const at::Tensor& g_ent) {
-  check_logprobs_tile(logits, labels, {{&lse, "lse"}, {&mean_logit, "mean_logit"}, {&g_lp, "g_lp"},
-                                       {&g_ent, "g_ent"}});
+                           double inv_temp, const at::Tensor& row_max, const at::Tensor& log_sum,
+                           const at::Tensor& mean_rel, const at::Tensor& g_lp, const at::Tensor& g_ent) {
+  check_logprobs_tile(logits, labels, {{&row_max, "row_max"}, {&log_sum, "log_sum"},
+                                       {&mean_rel, "mean_rel"}, {&g_lp, "g_lp"}, {&g_ent, "g_ent"}});
   TORCH_CHECK(logits.device().is_cpu(), "logprobs_bwd_tile_ (CPU) needs CPU tensors, got ",
               logits.device());
   TORCH_CHECK(inv_temp > 0 && std::isfinite(inv_temp), "inv_temp must be finite and > 0, got ", inv_temp);
@@ -140,15 +143,16 @@ void logprobs_bwd_tile_cpu(const at::Tensor& logits, const at::Tensor& labels, i
   if (n == 0 || v == 0) return;
   const auto lab = labels.contiguous();
   const int64_t* y = lab.data_ptr<int64_t>();
-  const float* L = lse.const_data_ptr<float>();
-  const float* MU = mean_logit.const_data_ptr<float>();
+  const float* M = row_max.const_data_ptr<float>();
+  const float* LS = log_sum.const_data_ptr<float>();
+  const float* C = mean_rel.const_data_ptr<float>();
   const float* G1 = g_lp.const_data_ptr<float>();
   const float* G2 = g_ent.const_data_ptr<float>();
   const float it = static_cast<float>(inv_temp);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "logprobs_bwd_tile_cpu", [&] {
     scalar_t* base = logits.data_ptr<scalar_t>();
     at::parallel_for(0, n, row_grain(v), [&](int64_t begin, int64_t end) {
-      bwd_rows<scalar_t>(base, ld, v, begin, end, y, v_start, it, L, MU, G1, G2);
+      bwd_rows<scalar_t>(base, ld, v, begin, end, y, v_start, it, M, LS, C, G1, G2);
     });
   });
 }

@@ -22,12 +22,13 @@ import triton
 import triton.language as tl
 
 from rlhf_fast.ops._backend import triton_interpret
+from rlhf_fast.ops._logprobs_common import finish_stats
 
 
 @triton.jit
 def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) fp32; target (N,)
                 h_ptr, w_ptr, b_ptr, labels_ptr, N, V, H, inv_temp, stride_h, stride_w, n_splits,
-                HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr, BLOCK_N: tl.constexpr,
+                HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -48,17 +49,23 @@ def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) f
             kmask = rk < H
             a = tl.load(h_ptr + rn64[:, None] * stride_h + rk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
             b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
+            if UPCAST:  # the CPU interpreter multiplies bf16 bit patterns as integers
+                a, b = a.to(tl.float32), b.to(tl.float32)
             acc = tl.dot(a, tl.trans(b), acc)  # fp32 accumulation of bf16/fp16/fp32 products
         if HAS_BIAS:
             acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
         z = tl.where(vmask[None, :], acc * inv_temp, float("-inf"))  # padding columns weigh nothing
         m_new = tl.maximum(m, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid -inf - -inf
-        e = tl.exp(z - m_safe[:, None])  # exp(-inf) = 0 for masked vocabulary entries
+        d = z - m_safe[:, None]
+        e = tl.exp(d)  # exp(-inf) = 0 for masked vocabulary entries
         scale = tl.exp(m - m_safe)  # 0 while m is still -inf
-        s = s * scale + tl.sum(e, 1)
         if WANT_ENT:
-            t = t * scale + tl.sum(tl.where(e > 0, e * z, 0.0), 1)  # 0 * -inf would be NaN
+            # t = sum e (z - m), centered on the running max: entropy = log s - t / s without
+            # cancellation; moving the max shifts the old sum by (m_old - m_new) s_old.
+            shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
+            t = scale * (t + shift * s) + tl.sum(tl.where(e > 0, e * d, 0.0), 1)  # 0 * -inf would be NaN
+        s = s * scale + tl.sum(e, 1)
         m = m_new
         hit = rv[None, :] == y[:, None]
         z_y = tl.sum(tl.where(hit, z, 0.0), 1)
@@ -71,9 +78,10 @@ def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) f
 
 @triton.jit
 def _grad_kernel(out_ptr,  # (n, vb) dL/dx of this vocabulary chunk, in the input dtype
-                 h_ptr, w_ptr, b_ptr, labels_ptr, lse_ptr, mu_ptr, g1_ptr, g2_ptr, n, vb, v0, H,
+                 h_ptr, w_ptr, b_ptr, labels_ptr, m_ptr, logs_ptr, c_ptr, g1_ptr, g2_ptr, n, vb, v0, H,
                  inv_temp, stride_h, stride_w, stride_out,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -88,17 +96,20 @@ def _grad_kernel(out_ptr,  # (n, vb) dL/dx of this vocabulary chunk, in the inpu
         kmask = rk < H
         a = tl.load(h_ptr + rn64[:, None] * stride_h + rk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
+        if UPCAST:
+            a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, tl.trans(b), acc)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
-    z = acc * inv_temp
-    lse = tl.load(lse_ptr + rn, mask=rmask, other=0.0)
-    mu = tl.load(mu_ptr + rn, mask=rmask, other=0.0)
+    m = tl.load(m_ptr + rn, mask=rmask, other=0.0)  # saved max logit, log sum exp(z - m), mu - m
+    log_s = tl.load(logs_ptr + rn, mask=rmask, other=0.0)
+    c = tl.load(c_ptr + rn, mask=rmask, other=0.0)
+    d = acc * inv_temp - m[:, None]  # z - max: exact near the max, where the probability mass is
     g1 = tl.load(g1_ptr + rn, mask=rmask, other=0.0)  # dL/dlogprob, KL folded in, 0 if ignored
     g2 = tl.load(g2_ptr + rn, mask=rmask, other=0.0)  # dL/dentropy
     y = tl.load(labels_ptr + rn, mask=rmask, other=-1)
-    p = tl.exp(z - lse[:, None])  # softmax recomputed from the saved log-sum-exp; 0 at z = -inf
-    ent = tl.where(p > 0, p * (z - mu[:, None]), 0.0)  # d entropy / dz = -p (z - mu); no 0 * -inf
+    p = tl.exp(d - log_s[:, None])  # softmax recomputed from the saved log-sum-exp; 0 at z = -inf
+    ent = tl.where(p > 0, p * (d - c[:, None]), 0.0)  # d entropy / dz = -p (z - mu); no 0 * -inf
     g = -g1[:, None] * p - g2[:, None] * ent
     g = g + tl.where((v0 + rv)[None, :] == y[:, None], g1[:, None], 0.0)  # the one-hot term
     g = g * inv_temp  # z = x / temperature
@@ -112,14 +123,19 @@ def _blocks(H: int):
     return 64, 128, 64, 8  # BLOCK_N, BLOCK_V, BLOCK_H, num_warps
 
 
+def _upcast(h: torch.Tensor) -> bool:
+    """Interpreter only: fp32 operands for tl.dot (it has no bf16/fp16 arithmetic)."""
+    return triton_interpret() and not h.is_cuda and h.dtype != torch.float32
+
+
 def combine_partials(m, s, t):
-    """Merges (SPLITS, N) online-LSE partials into lse, mu (softmax-weighted mean logit)."""
+    """Merges (SPLITS, N) online-LSE partials (m, s = sum e^(z-m), t = sum e^(z-m) (z-m)) into the
+    totals (M, S, T) relative to the overall max M."""
     M = m.max(0).values
     M_safe = torch.where(M == -math.inf, 0.0, M)
     w = torch.exp(m - M_safe)  # exp(-inf) = 0 for splits that saw only -inf
-    S = (s * w).sum(0)
-    T = (t * w).sum(0)
-    return M_safe + torch.log(S), T / S
+    shift = torch.where(m == -math.inf, 0.0, m - M_safe)
+    return M, (s * w).sum(0), ((t + shift * s) * w).sum(0)
 
 
 class TritonKernels:
@@ -146,16 +162,15 @@ class TritonKernels:
             b = bias if bias is not None else h  # dummy pointer when HAS_BIAS is False
             _fwd_kernel[(n_blocks, splits)](m, s, t, tgt, h, weight, b, labels, N, V, H, inv_temp,
                                             h.stride(0), weight.stride(0), splits, HAS_BIAS=bias is not None,
-                                            WANT_ENT=want_ent, BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH,
+                                            WANT_ENT=want_ent, UPCAST=_upcast(h), BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH,
                                             num_warps=warps, num_stages=3)
         else:
             m.fill_(-math.inf)
             s.zero_()
             t.zero_()
-        lse, mu = combine_partials(m, s, t)
-        return lse, (mu if want_ent else torch.zeros_like(mu)), tgt
+        return finish_stats(*combine_partials(m, s, t), tgt, want_ent)
 
-    def grad_tile(self, out, h, w, b, labels, v0, inv_temp, lse, mu, g_lp, g_ent):
+    def grad_tile(self, out, h, w, b, labels, v0, inv_temp, saved, g_lp, g_ent):
         n, H = h.shape
         vb = w.shape[0]
         w = w if w.stride(1) == 1 else w.contiguous()
@@ -163,8 +178,8 @@ class TritonKernels:
         if n and vb:
             bb = b if b is not None else h
             _grad_kernel[(triton.cdiv(n, BN), triton.cdiv(vb, BV))](
-                out, h, w, bb, labels, lse, mu, g_lp, g_ent, n, vb, v0, H, inv_temp, h.stride(0), w.stride(0),
-                out.stride(0), HAS_BIAS=b is not None, BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, num_warps=warps,
+                out, h, w, bb, labels, *saved, g_lp, g_ent, n, vb, v0, H, inv_temp, h.stride(0), w.stride(0),
+                out.stride(0), HAS_BIAS=b is not None, UPCAST=_upcast(h), BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, num_warps=warps,
                 num_stages=3)
         return out
 
@@ -173,7 +188,7 @@ class TritonKernels:
 
 
 @triton.jit
-def _logits_fwd_kernel(lse_ptr, mu_ptr, tgt_ptr, x_ptr, labels_ptr, V, stride_x, inv_temp,
+def _logits_fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr, x_ptr, labels_ptr, V, stride_x, inv_temp,
                        WANT_ENT: tl.constexpr, BLOCK_V: tl.constexpr):
     """One program per token: online log-sum-exp over its logits row in BLOCK_V chunks."""
     row = tl.program_id(0).to(tl.int64)
@@ -187,33 +202,36 @@ def _logits_fwd_kernel(lse_ptr, mu_ptr, tgt_ptr, x_ptr, labels_ptr, V, stride_x,
         z = tl.load(x_ptr + row * stride_x + cols, mask=cols < V, other=float("-inf")).to(tl.float32) * inv_temp
         m_new = tl.maximum(m, tl.max(z, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        e = tl.exp(z - m_safe)
+        d = z - m_safe
+        e = tl.exp(d)
         scale = tl.exp(m - m_safe)
+        if WANT_ENT:  # centered on the running max, as in _fwd_kernel
+            shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
+            t = scale * (t + shift * s) + tl.sum(tl.where(e > 0, e * d, 0.0), 0)
         s = s * scale + tl.sum(e, 0)
-        if WANT_ENT:
-            t = t * scale + tl.sum(tl.where(e > 0, e * z, 0.0), 0)
         m = m_new
         z_y += tl.sum(tl.where(cols == y, z, 0.0), 0)
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
-    tl.store(lse_ptr + row, m_safe + tl.log(s))
-    tl.store(mu_ptr + row, t / s)
+    tl.store(m_ptr + row, m)
+    tl.store(s_ptr + row, s)
+    tl.store(t_ptr + row, t)
     tl.store(tgt_ptr + row, z_y)
 
 
 @triton.jit
 def _logits_grad_kernel(g_ptr,  # in: the logits (a copy); out: dL/dlogits, in place
-                        labels_ptr, lse_ptr, mu_ptr, g1_ptr, g2_ptr, V, stride_g, inv_temp, BLOCK_V: tl.constexpr):
+                        labels_ptr, m_ptr, logs_ptr, c_ptr, g1_ptr, g2_ptr, V, stride_g, inv_temp,
+                        BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     cmask = cols < V
-    z = tl.load(g_ptr + row * stride_g + cols, mask=cmask, other=0.0).to(tl.float32) * inv_temp
-    lse = tl.load(lse_ptr + row)
-    mu = tl.load(mu_ptr + row)
+    d = tl.load(g_ptr + row * stride_g + cols, mask=cmask, other=0.0).to(tl.float32) * inv_temp - tl.load(m_ptr + row)
+    log_s = tl.load(logs_ptr + row)
+    c = tl.load(c_ptr + row)
     g1 = tl.load(g1_ptr + row)
     g2 = tl.load(g2_ptr + row)
     y = tl.load(labels_ptr + row)
-    p = tl.exp(z - lse)
-    ent = tl.where(p > 0, p * (z - mu), 0.0)
+    p = tl.exp(d - log_s)
+    ent = tl.where(p > 0, p * (d - c), 0.0)
     g = (-g1 * p - g2 * ent + tl.where(cols == y, g1, 0.0)) * inv_temp
     tl.store(g_ptr + row * stride_g + cols, g.to(g_ptr.dtype.element_ty), mask=cmask)
 
@@ -225,17 +243,17 @@ def _logits_block(V: int) -> int:
 def logits_stats_triton(logits, labels, inv_temp, want_ent):
     N, V = logits.shape
     f32 = dict(dtype=torch.float32, device=logits.device)
-    lse, mu, tgt = torch.empty(N, **f32), torch.empty(N, **f32), torch.empty(N, **f32)
+    m, s, t, tgt = (torch.empty(N, **f32) for _ in range(4))
     if N:
-        _logits_fwd_kernel[(N,)](lse, mu, tgt, logits, labels, V, logits.stride(0), inv_temp,
+        _logits_fwd_kernel[(N,)](m, s, t, tgt, logits, labels, V, logits.stride(0), inv_temp,
                                  WANT_ENT=want_ent, BLOCK_V=_logits_block(V))
-    return lse, (mu if want_ent else torch.zeros_like(mu)), tgt
+    return finish_stats(m, s, t, tgt, want_ent)
 
 
-def logits_grad_triton(grad, labels, inv_temp, lse, mu, g1, g2):
+def logits_grad_triton(grad, labels, inv_temp, m, log_s, c, g1, g2):
     N, V = grad.shape
     block = _logits_block(V)
     if N and V:
-        _logits_grad_kernel[(N, triton.cdiv(V, block))](grad, labels, lse, mu, g1, g2, V, grad.stride(0), inv_temp,
+        _logits_grad_kernel[(N, triton.cdiv(V, block))](grad, labels, m, log_s, c, g1, g2, V, grad.stride(0), inv_temp,
                                                         BLOCK_V=block)
     return grad

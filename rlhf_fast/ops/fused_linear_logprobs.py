@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from rlhf_fast._ext import ext_available
 from rlhf_fast.ops import _backend
 from rlhf_fast.ops._checks import check_float, check_same_device
+from rlhf_fast.ops._logprobs_common import finish_stats
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 _PREFERENCE = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
@@ -219,17 +220,15 @@ class _OpsKernels:
                 x = self.logits_tile(_tile_buffer(buf, n1 - n0, v1 - v0), h[n0:n1], w, b)
                 torch.ops.rlhf_fast.logprobs_fwd_tile_(x, labels[n0:n1], v0, inv_temp, m[n0:n1], s[n0:n1],
                                                        t[n0:n1], tgt[n0:n1], want_ent)
-        lse = m + torch.log(s)
-        mu = t / s if want_ent else torch.zeros_like(s)
-        return lse, mu, tgt
+        return finish_stats(m, s, t, tgt, want_ent)
 
-    def grad_tile(self, out, h, w, b, labels, v0, inv_temp, lse, mu, g_lp, g_ent):
+    def grad_tile(self, out, h, w, b, labels, v0, inv_temp, saved, g_lp, g_ent):
         x = self.logits_tile(out, h, w, b)
-        torch.ops.rlhf_fast.logprobs_bwd_tile_(x, labels, v0, inv_temp, lse, mu, g_lp, g_ent)
+        torch.ops.rlhf_fast.logprobs_bwd_tile_(x, labels, v0, inv_temp, *saved, g_lp, g_ent)
         return x
 
 
-def _tiled_backward(kern, h, weight, bias, labels, inv_temp, lse, mu, g_lp, g_ent, needs):
+def _tiled_backward(kern, h, weight, bias, labels, inv_temp, saved, g_lp, g_ent, needs):
     """grad_hidden, grad_weight, grad_bias from recomputed gradient tiles dL/dx (tile by tile)."""
     need_h, need_w, need_b = needs
     N, H = h.shape
@@ -254,7 +253,7 @@ def _tiled_backward(kern, h, weight, bias, labels, inv_temp, lse, mu, g_lp, g_en
             n1 = min(N, n0 + BN)
             hn = h[n0:n1]
             gx = kern.grad_tile(_tile_buffer(buf, n1 - n0, v1 - v0), hn, w, b, labels[n0:n1], v0, inv_temp,
-                                lse[n0:n1], mu[n0:n1], g_lp[n0:n1], g_ent[n0:n1])
+                                [t[n0:n1] for t in saved], g_lp[n0:n1], g_ent[n0:n1])
             if need_h:
                 if gx.dtype == torch.float32:
                     gh[n0:n1].addmm_(gx, w)
@@ -288,19 +287,19 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         kern = _kernels_for(chosen, hidden.device, hidden.dtype)
         inv_temp = 1.0 / temperature
         h = hidden.to(kern.compute_dtype).contiguous()
-        lse, mu, tgt = kern.forward_stats(h, weight, bias, labels, inv_temp, want_ent)
+        lp, ent, saved = kern.forward_stats(h, weight, bias, labels, inv_temp, want_ent)
         valid = labels >= 0
-        lp = torch.where(valid, tgt - lse, 0.0)
-        ent = torch.where(valid, lse - mu, 0.0) if want_ent else lp.new_empty(0)
+        lp = torch.where(valid, lp, 0.0)
+        ent = torch.where(valid, ent, 0.0) if want_ent else lp.new_empty(0)
         kl = torch.where(valid, kl_from_logprobs(lp, ref, kl_estimator), 0.0) if ref is not None else lp.new_empty(0)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse, mu, lp, ref)
+        ctx.save_for_backward(hidden, weight, bias, labels, *saved, lp, ref)
         ctx.kern, ctx.inv_temp, ctx.kl_estimator, ctx.want_ent = kern, inv_temp, kl_estimator, want_ent
         ctx.set_materialize_grads(False)
         return lp, ent, kl
 
     @staticmethod
     def backward(ctx, g_lp, g_ent, g_kl):
-        hidden, weight, bias, labels, lse, mu, lp, ref = ctx.saved_tensors
+        hidden, weight, bias, labels, m, log_s, c, lp, ref = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         g1 = torch.zeros_like(lp) if g_lp is None else g_lp.float()
         if g_kl is not None and ref is not None:
@@ -311,7 +310,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         g2 = torch.where(valid, g2, 0.0).contiguous()
         kern = ctx.kern
         h = hidden.to(kern.compute_dtype).contiguous()
-        gh, gw, gb = _tiled_backward(kern, h, weight, bias, labels, ctx.inv_temp, lse, mu, g1, g2, needs)
+        gh, gw, gb = _tiled_backward(kern, h, weight, bias, labels, ctx.inv_temp, (m, log_s, c), g1, g2, needs)
         return (None if gh is None else gh.to(hidden.dtype), None if gw is None else gw.to(weight.dtype),
                 None if gb is None else gb.to(bias.dtype), None, None, None, None, None, None)
 
@@ -350,23 +349,24 @@ def _logits_fwd_stats(logits, labels, inv_temp, want_ent, chosen):
     s, t, tgt = torch.zeros(N, **f32), torch.zeros(N, **f32), torch.zeros(N, **f32)
     # One pass over the whole matrix (the op takes a row stride): no chunking needed.
     torch.ops.rlhf_fast.logprobs_fwd_tile_(logits, labels, 0, inv_temp, m, s, t, tgt, want_ent)
-    return m + torch.log(s), (t / s if want_ent else torch.zeros_like(s)), tgt
+    return finish_stats(m, s, t, tgt, want_ent)
 
 
 def _logits_stats_torch(logits, labels, inv_temp, want_ent, chunk=1024):
     """Chunked over tokens: at most a (chunk, V) fp32 temporary at a time."""
     N = logits.shape[0]
-    lse, mu, tgt = (torch.zeros(N, dtype=torch.float32, device=logits.device) for _ in range(3))
+    m, s, t, tgt = (torch.zeros(N, dtype=torch.float32, device=logits.device) for _ in range(4))
     for n0 in range(0, N, chunk):
-        z = logits[n0:n0 + chunk].float() * inv_temp
-        l = torch.logsumexp(z, -1)
-        lse[n0:n0 + chunk] = l
-        safe = labels[n0:n0 + chunk].clamp_min(0)
-        tgt[n0:n0 + chunk] = z.gather(-1, safe[:, None]).squeeze(-1)
+        sl = slice(n0, n0 + chunk)
+        z = logits[sl].float() * inv_temp
+        m[sl] = z.max(-1).values
+        d = z - m[sl, None]
+        e = torch.exp(d)
+        s[sl] = e.sum(-1)
         if want_ent:
-            p = torch.exp(z - l[:, None])
-            mu[n0:n0 + chunk] = torch.where(p > 0, p * z, 0.0).sum(-1)
-    return lse, mu, tgt
+            t[sl] = torch.where(e > 0, e * d, 0.0).sum(-1)
+        tgt[sl] = z.gather(-1, labels[sl].clamp_min(0)[:, None]).squeeze(-1)
+    return finish_stats(m, s, t, tgt, want_ent)
 
 
 class _LogprobsFromLogits(torch.autograd.Function):
@@ -374,21 +374,21 @@ class _LogprobsFromLogits(torch.autograd.Function):
     def forward(ctx, logits, labels, ref, temperature, kl_estimator, want_ent, chosen):
         inv_temp = 1.0 / temperature
         if chosen == "torch":
-            lse, mu, tgt = _logits_stats_torch(logits, labels, inv_temp, want_ent)
+            lp, ent, saved = _logits_stats_torch(logits, labels, inv_temp, want_ent)
         else:
-            lse, mu, tgt = _logits_fwd_stats(logits, labels, inv_temp, want_ent, chosen)
+            lp, ent, saved = _logits_fwd_stats(logits, labels, inv_temp, want_ent, chosen)
         valid = labels >= 0
-        lp = torch.where(valid, tgt - lse, 0.0)
-        ent = torch.where(valid, lse - mu, 0.0) if want_ent else lp.new_empty(0)
+        lp = torch.where(valid, lp, 0.0)
+        ent = torch.where(valid, ent, 0.0) if want_ent else lp.new_empty(0)
         kl = torch.where(valid, kl_from_logprobs(lp, ref, kl_estimator), 0.0) if ref is not None else lp.new_empty(0)
-        ctx.save_for_backward(logits, labels, lse, mu, lp, ref)
+        ctx.save_for_backward(logits, labels, *saved, lp, ref)
         ctx.inv_temp, ctx.kl_estimator, ctx.want_ent, ctx.chosen = inv_temp, kl_estimator, want_ent, chosen
         ctx.set_materialize_grads(False)
         return lp, ent, kl
 
     @staticmethod
     def backward(ctx, g_lp, g_ent, g_kl):
-        logits, labels, lse, mu, lp, ref = ctx.saved_tensors
+        logits, labels, m, log_s, c, lp, ref = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
         g1 = torch.zeros_like(lp) if g_lp is None else g_lp.float()
@@ -398,18 +398,18 @@ class _LogprobsFromLogits(torch.autograd.Function):
         valid = labels >= 0
         g1, g2 = torch.where(valid, g1, 0.0).contiguous(), torch.where(valid, g2, 0.0).contiguous()
         if ctx.chosen == "torch":
-            z = logits.float() * ctx.inv_temp
-            p = torch.exp(z - lse[:, None])
-            gz = -g1[:, None] * p - g2[:, None] * torch.where(p > 0, p * (z - mu[:, None]), 0.0)
+            d = logits.float() * ctx.inv_temp - m[:, None]
+            p = torch.exp(d - log_s[:, None])
+            gz = -g1[:, None] * p - g2[:, None] * torch.where(p > 0, p * (d - c[:, None]), 0.0)
             gz.scatter_add_(1, labels.clamp_min(0)[:, None], g1[:, None])
             return (gz * ctx.inv_temp).to(logits.dtype), None, None, None, None, None, None
         grad = logits.clone(memory_format=torch.contiguous_format)  # the gradient overwrites it in place
         if ctx.chosen == "triton":
             from rlhf_fast.ops._triton_logprobs import logits_grad_triton
 
-            logits_grad_triton(grad, labels, ctx.inv_temp, lse, mu, g1, g2)
+            logits_grad_triton(grad, labels, ctx.inv_temp, m, log_s, c, g1, g2)
         else:
-            torch.ops.rlhf_fast.logprobs_bwd_tile_(grad, labels, 0, ctx.inv_temp, lse, mu, g1, g2)
+            torch.ops.rlhf_fast.logprobs_bwd_tile_(grad, labels, 0, ctx.inv_temp, m, log_s, c, g1, g2)
         return grad, None, None, None, None, None, None
 
 
@@ -464,7 +464,7 @@ if ext_available():
         return None
 
     @torch.library.register_fake("rlhf_fast::logprobs_bwd_tile_")
-    def _bwd_tile_fake(logits, labels, v_start, inv_temp, lse, mean_logit, g_lp, g_ent):
+    def _bwd_tile_fake(logits, labels, v_start, inv_temp, row_max, log_sum, mean_rel, g_lp, g_ent):
         torch._check(logits.dim() == 2)
         torch._check(labels.shape[0] == logits.shape[0])
         return None
