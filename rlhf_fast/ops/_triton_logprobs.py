@@ -28,8 +28,8 @@ from rlhf_fast.ops._logprobs_common import finish_stats
 @triton.jit
 def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) fp32; target (N,)
                 h_ptr, w_ptr, b_ptr, labels_ptr, N, V, H, inv_temp, stride_h, stride_w, n_splits,
-                HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+                HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -51,7 +51,7 @@ def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) f
             b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
             if UPCAST:  # the CPU interpreter multiplies bf16 bit patterns as integers
                 a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, tl.trans(b), acc)  # fp32 accumulation of bf16/fp16/fp32 products
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)  # fp32 accumulator
         if HAS_BIAS:
             acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
         z = tl.where(vmask[None, :], acc * inv_temp, float("-inf"))  # padding columns weigh nothing
@@ -80,7 +80,8 @@ def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) f
 def _grad_kernel(out_ptr,  # (n, vb) dL/dx of this vocabulary chunk, in the input dtype
                  h_ptr, w_ptr, b_ptr, labels_ptr, m_ptr, logs_ptr, c_ptr, g1_ptr, g2_ptr, n, vb, v0, H,
                  inv_temp, stride_h, stride_w, stride_out,
-                 HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_V: tl.constexpr,
                  BLOCK_H: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -98,7 +99,7 @@ def _grad_kernel(out_ptr,  # (n, vb) dL/dx of this vocabulary chunk, in the inpu
         b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
         if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
     m = tl.load(m_ptr + rn, mask=rmask, other=0.0)  # saved max logit, log sum exp(z - m), mu - m
@@ -126,6 +127,11 @@ def _blocks(H: int):
 def _upcast(h: torch.Tensor) -> bool:
     """Interpreter only: fp32 operands for tl.dot (it has no bf16/fp16 arithmetic)."""
     return triton_interpret() and not h.is_cuda and h.dtype != torch.float32
+
+
+def _precision(h: torch.Tensor) -> str:
+    """fp32 inputs get full-precision dots (Triton's default for fp32 is TF32, ~1e-3 relative)."""
+    return "ieee" if h.dtype == torch.float32 else "tf32"
 
 
 def combine_partials(m, s, t):
@@ -162,7 +168,8 @@ class TritonKernels:
             b = bias if bias is not None else h  # dummy pointer when HAS_BIAS is False
             _fwd_kernel[(n_blocks, splits)](m, s, t, tgt, h, weight, b, labels, N, V, H, inv_temp,
                                             h.stride(0), weight.stride(0), splits, HAS_BIAS=bias is not None,
-                                            WANT_ENT=want_ent, UPCAST=_upcast(h), BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH,
+                                            WANT_ENT=want_ent, UPCAST=_upcast(h), PRECISION=_precision(h),
+                                            BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH,
                                             num_warps=warps, num_stages=3)
         else:
             m.fill_(-math.inf)
@@ -179,7 +186,8 @@ class TritonKernels:
             bb = b if b is not None else h
             _grad_kernel[(triton.cdiv(n, BN), triton.cdiv(vb, BV))](
                 out, h, w, bb, labels, *saved, g_lp, g_ent, n, vb, v0, H, inv_temp, h.stride(0), w.stride(0),
-                out.stride(0), HAS_BIAS=b is not None, UPCAST=_upcast(h), BLOCK_N=BN, BLOCK_V=BV, BLOCK_H=BH, num_warps=warps,
+                out.stride(0), HAS_BIAS=b is not None, UPCAST=_upcast(h), PRECISION=_precision(h), BLOCK_N=BN,
+                BLOCK_V=BV, BLOCK_H=BH, num_warps=warps,
                 num_stages=3)
         return out
 
