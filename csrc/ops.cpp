@@ -6,6 +6,9 @@
 TORCH_LIBRARY(rlhf_fast, m) {
   m.def("gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)");
   m.def("masked_whiten(Tensor x, Tensor mask, float eps, bool shift_mean) -> Tensor");
+  // Fused LM-head log-probs: online log-sum-exp over one logits tile, and its gradient in place.
+  m.def("logprobs_fwd_tile_(Tensor logits, Tensor labels, int v_start, float inv_temp, Tensor(a!) run_max, Tensor(b!) run_sum, Tensor(c!) run_zsum, Tensor(d!) target, bool with_entropy) -> ()");
+  m.def("logprobs_bwd_tile_(Tensor(a!) logits, Tensor labels, int v_start, float inv_temp, Tensor row_max, Tensor log_sum, Tensor mean_rel, Tensor g_lp, Tensor g_ent) -> ()");
 }
 
 namespace {

@@ -2,6 +2,14 @@
 ("auto" | "torch" | "cpu" | "cuda" | "triton"); see rlhf_fast.ops._backend."""
 
 from rlhf_fast.ops._backend import BACKENDS, BackendUnavailable, available_backends
+from rlhf_fast.ops.fused_linear_logprobs import (
+    LogprobsOutput,
+    fused_linear_cross_entropy,
+    fused_linear_logprobs,
+    fused_linear_logprobs_ref,
+    logprobs_from_logits,
+    logprobs_from_logits_ref,
+)
 from rlhf_fast.ops.gae import gae, gae_ref
 from rlhf_fast.ops.masked_whiten import masked_whiten, masked_whiten_ref
 
@@ -9,6 +17,12 @@ __all__ = [
     "BACKENDS",
     "BackendUnavailable",
     "available_backends",
+    "LogprobsOutput",
+    "fused_linear_cross_entropy",
+    "fused_linear_logprobs",
+    "fused_linear_logprobs_ref",
+    "logprobs_from_logits",
+    "logprobs_from_logits_ref",
     "gae",
     "gae_ref",
     "masked_whiten",

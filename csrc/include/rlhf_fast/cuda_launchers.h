@@ -20,3 +20,24 @@ cudaError_t launch_masked_whiten(DType dtype, const void* x, const bool* mask, f
                                  cudaStream_t stream);
 
 }  // namespace rlhf_fast
+
+namespace rlhf_fast {
+
+// Fused log-prob epilogues on one logits tile (csrc/cuda/logprobs.cu). logits: (n, v) of `dtype`
+// with row stride ld; labels: (n,) int64 (negative = ignored); per-token (n,) fp32 vectors.
+// Forward folds the tile into the running online-LSE state (run_max, run_sum, run_zsum) and
+// writes target[r] when the label falls in [v_start, v_start + v).
+cudaError_t launch_logprobs_fwd_tile(DType dtype, const void* logits, int64_t ld,
+                                     const int64_t* labels, int64_t n, int64_t v, int64_t v_start,
+                                     float inv_temp, float* run_max, float* run_sum,
+                                     float* run_zsum, float* target, bool with_entropy,
+                                     cudaStream_t stream);
+
+// Backward overwrites the tile with dL/dlogits from the saved (row_max, log_sum, mean_rel).
+cudaError_t launch_logprobs_bwd_tile(DType dtype, void* logits, int64_t ld, const int64_t* labels,
+                                     int64_t n, int64_t v, int64_t v_start, float inv_temp,
+                                     const float* row_max, const float* log_sum,
+                                     const float* mean_rel, const float* g_lp, const float* g_ent,
+                                     cudaStream_t stream);
+
+}  // namespace rlhf_fast

@@ -1,0 +1,104 @@
+"""fused_linear_logprobs: every available rlhf_fast backend against the naive reference (full
+logits, log_softmax, gather) in eager mode and under torch.compile, side by side; forward and
+forward+backward (gradients of hidden and weight), time and peak memory.
+
+    python -m benchmarks.bench_logprob [--device cuda] [--dtype bfloat16] [--quick]
+
+Targets: CPU, N=4096 H=512 V=32000 fp32 forward+backward: no slower than the reference, peak
+extra memory <= 25% of the reference's. GPU, N=16384 H=4096 V=128256 bf16: peak extra memory within
+2x of hidden + weight + their gradients, >= 60% of dense bf16 peak counting 6 N H V flops.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import torch
+
+from benchmarks._common import bench_case, finish, kernel_providers, pick_device, standard_args
+from rlhf_fast import ops
+
+flp = importlib.import_module("rlhf_fast.ops.fused_linear_logprobs")
+
+
+def shapes(device: torch.device, quick: bool) -> list[tuple[int, int, int]]:
+    if device.type == "cuda":
+        return [(4096, 4096, 32000)] if quick else [(4096, 4096, 32000), (8192, 4096, 128256), (16384, 4096, 128256)]
+    return [(512, 256, 8000)] if quick else [(4096, 512, 32000)]
+
+
+def make_inputs(N: int, H: int, V: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(N, H, generator=g) / H**0.5).to(device=device, dtype=dtype)
+    weight = (torch.randn(V, H, generator=g) * 2.0).to(device=device, dtype=dtype)
+    labels = torch.randint(0, V, (N,), generator=g)
+    labels[::7] = -100  # some prompt / padding tokens
+    return hidden, weight, labels.to(device)
+
+
+def forward_fn(f, h, w, y):
+    def run():
+        with torch.no_grad():
+            return f(h, w, y).logprobs
+    return run
+
+
+def full_fn(f, h, w, y):
+    h = h.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+
+    def run():
+        lp = f(h, w, y).logprobs
+        gh, gw = torch.autograd.grad(lp.sum(), (h, w))
+        return lp.detach(), gh, gw
+    return run
+
+
+def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None = None, compile_ref: bool = True):
+    rows, skipped = [], []
+    ref = ops.fused_linear_logprobs_ref
+    compiled = torch.compile(ref) if compile_ref else None
+    for N, H, V in shapes(device, quick):
+        h, w, y = make_inputs(N, H, V, dtype, device)
+        h32, w32 = h.float(), w.float()
+        tol = 2e-4 if dtype == torch.float32 else 3e-2
+        for mode, wrap, flops in (("forward", forward_fn, 2 * N * H * V), ("full", full_fn, 6 * N * H * V)):
+            expected = wrap(ref, h32, w32, y)()
+            if mode == "full":  # grads in the input dtype
+                expected = tuple(e.to(dtype) if i else e for i, e in enumerate(expected))
+            providers = {"torch:ref": wrap(ref, h, w, y)}
+            if compiled is not None:
+                providers["torch:ref+compile"] = wrap(compiled, h, w, y)
+            kernels, notes = kernel_providers(
+                ops.available_backends(device),
+                lambda b: wrap(lambda *a: ops.fused_linear_logprobs(*a, backend=b), h, w, y), device)
+            providers.update(kernels)
+            skipped += notes
+            rows += bench_case("fused_linear_logprobs", f"N={N} H={H} V={V}", dtype, mode, providers, expected,
+                               device, tol=tol, reference="torch:ref", flops=flops if device.type == "cuda" else 0.0,
+                               reps=reps or 3)
+            for r in rows[-len(providers):]:
+                r.extra["tiles"] = str(flp.TILES)
+                if device.type == "cuda":  # the GPU memory target's yardstick
+                    r.extra["hidden+weight+grads_mb"] = 2 * (h.numel() + w.numel()) * h.element_size() / 2**20
+            del expected
+    return rows, skipped
+
+
+def main(argv=None) -> int:
+    p = standard_args(__doc__)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    p.add_argument("--tiles", default=None, help="override the tile sizes of the device's backends: BN,BV")
+    args = p.parse_args(argv)
+    device = pick_device(args.device)
+    if args.tiles:
+        bn, bv = (int(x) for x in args.tiles.split(","))
+        for key in (("cpu",) if device.type == "cpu" else ("cuda", "triton")):
+            flp.TILES[key] = (bn, bv)
+    rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps, not args.no_compile)
+    return finish(rows, "bench_logprob", device, args, skipped)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
