@@ -318,6 +318,18 @@ def test_ignore_index_in_vocabulary_range():
     assert_close(out.logprobs, ref.logprobs, 2e-5, 1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    h = torch.randn(0, 16, requires_grad=True)
+    w = torch.randn(40, 16, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    out = ops.fused_linear_logprobs(h, w, torch.zeros(0, dtype=torch.long), bias=b, compute_entropy=True,
+                                    backend=backend)
+    (out.logprobs.sum() + out.entropy.sum()).backward()
+    assert out.logprobs.shape == (0,) and h.grad.shape == (0, 16)
+    assert (w.grad == 0).all() and (b.grad == 0).all()
+
+
 def test_explicit_unavailable_backend_raises():
     if torch.cuda.is_available():
         pytest.skip("has a GPU")

@@ -237,7 +237,8 @@ def _tiled_backward(kern, h, weight, bias, labels, inv_temp, saved, g_lp, g_ent,
     BN, BV = min(kern.tiles[0], max(N, 1)), min(kern.tiles[1], max(V, 1))
     f32 = dict(dtype=torch.float32, device=h.device)
     gh = torch.zeros(N, H, **f32) if need_h else None
-    gw = torch.empty(V, H, dtype=cd, device=h.device) if need_w else None
+    # empty, not zeros: every vocabulary tile is written by its first token tile (N = 0: no tile)
+    gw = (torch.empty if N else torch.zeros)(V, H, dtype=cd, device=h.device) if need_w else None
     gb = torch.empty(V, **f32) if need_b else None
     buf = torch.empty(BN * BV, dtype=cd, device=h.device)
     multi_n = N > BN
