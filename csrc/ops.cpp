@@ -6,6 +6,9 @@
 TORCH_LIBRARY(rlhf_fast, m) {
   m.def("gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam) -> (Tensor, Tensor)");
   m.def("masked_whiten(Tensor x, Tensor mask, float eps, bool shift_mean) -> Tensor");
+  // -> (loss, accuracy, grad = d loss_b / d rewards / P_b (B, K) fp32, stats (4,) int64)
+  m.def("ranking_loss(Tensor rewards, Tensor ranks, float margin) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("ranking_loss_backward(Tensor grad_loss, Tensor grad, Tensor stats, ScalarType dtype) -> Tensor");
 }
 
 namespace {

@@ -4,6 +4,7 @@
 from rlhf_fast.ops._backend import BACKENDS, BackendUnavailable, available_backends
 from rlhf_fast.ops.gae import gae, gae_ref
 from rlhf_fast.ops.masked_whiten import masked_whiten, masked_whiten_ref
+from rlhf_fast.ops.ranking_loss import ranking_loss, ranking_loss_ref
 
 __all__ = [
     "BACKENDS",
@@ -13,4 +14,6 @@ __all__ = [
     "gae_ref",
     "masked_whiten",
     "masked_whiten_ref",
+    "ranking_loss",
+    "ranking_loss_ref",
 ]
