@@ -7,10 +7,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
-#include "rlhf_fast/ranking_loss_math.h"
 #include "rlhf_fast/torch_utils.h"
 
 namespace rlhf_fast {
@@ -26,48 +28,95 @@ struct RankingSums {
   }
 };
 
+// exp(t) for t <= 0 without a libm call, so the pair loop below vectorizes: t = n ln2 + f with
+// |f| <= ln2 / 2 (Cody-Waite split of ln2), exp(f) by its degree-7 Taylor polynomial (truncation
+// error < 1e-8 relative), 2^n written into the exponent bits. A few ulp; below -87 (where exp
+// underflows) it returns exp(-87) ~ 1.6e-38 instead of 0, which changes no result in fp32.
+inline float exp_nonpositive(float t) {
+  t = t > -87.f ? t : -87.f;
+  const float magic = 12582912.f;                        // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (t * 1.44269504f + magic) - magic;     // round(t / ln2), in [-126, 0]
+  const float f = (t - n * 0.693145752f) - n * 1.42860677e-6f;
+  float p = 1.f / 5040.f;
+  p = p * f + 1.f / 720.f;
+  p = p * f + 1.f / 120.f;
+  p = p * f + 1.f / 24.f;
+  p = p * f + 1.f / 6.f;
+  p = p * f + 0.5f;
+  p = p * f + 1.f;
+  p = p * f + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, a normal float
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 template <typename scalar_t>
 RankingSums ranking_rows(const scalar_t* rewards, const int64_t* ranks, float* grad, int64_t B,
                          int64_t K, float margin) {
-  // ~16k pair checks per task, so small batches stay on one thread.
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(K * K, 1));
+  // ~64k pair checks per task: the per-pair work is a few ns, and on a busy machine an OpenMP
+  // region costs more than it saves on small batches.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(K * K, 1));
   return at::parallel_reduce(
       0, B, grain, RankingSums{},
       [&](int64_t begin, int64_t end, RankingSums acc) {
         std::vector<float> r(K), g(K);  // one prompt's rewards (fp32) and gradient
-        std::vector<int64_t> rk(K);     // its ranks, -1 (any negative) = empty slot
+        std::vector<int32_t> rk(K);     // its ranks; every negative rank becomes -1 (empty slot)
         for (int64_t b = begin; b < end; ++b) {
           const int64_t off = b * K;
           for (int64_t k = 0; k < K; ++k) {
-            rk[k] = ranks[off + k];
+            const int64_t rank = ranks[off + k];
+            rk[k] = rank < 0 ? -1 : static_cast<int32_t>(std::min<int64_t>(rank, INT32_MAX));
             const float v = static_cast<float>(rewards[off + k]);
             // Empty slots may hold garbage (NaN padding): they never enter the math.
-            r[k] = rk[k] >= 0 ? v : 0.f;
-            acc.nonfinite += (rk[k] >= 0 && !std::isfinite(v)) ? 1 : 0;
+            r[k] = rank >= 0 ? v : 0.f;
+            acc.nonfinite += (rank >= 0 && !std::isfinite(v)) ? 1 : 0;
             g[k] = 0.f;
           }
           float loss = 0.f;
           int64_t pairs = 0, correct = 0;
+          float* gp = g.data();
+          const float* rp = r.data();
+          const int32_t* kp = rk.data();
           for (int64_t i = 0; i < K; ++i) {
-            if (rk[i] < 0) continue;
-            const float ri = r[i];
-            const int64_t rank_i = rk[i];
-            float gi = 0.f;
-            for (int64_t j = 0; j < K; ++j) {
-              if (rank_i >= rk[j] || rk[j] < 0) continue;  // only "i above j": rank_i < rank_j
-              const PairTerms t = ranking_pair_terms(ri - r[j] - margin);
-              loss += t.softplus_neg;
-              gi -= t.sigmoid_neg;
-              g[j] += t.sigmoid_neg;
-              pairs += 1;
-              correct += ri > r[j] ? 1 : 0;
+            const int32_t rank_i = kp[i];
+            if (rank_i < 0) continue;
+            const float ri = rp[i];
+            // Over j, branch-free: pair "i above j" iff rank_j > rank_i (empty slots have -1, never
+            // above a rank >= 0). softplus(-x) = max(-x, 0) + log1p(e), e = exp(-|x|): the log1p terms
+            // of one i are summed as log(prod (1 + e)), one log per slot instead of one per pair
+            // (each factor is in (1, 2], so the product stays finite up to 127 factors: chunked).
+            float lin = 0.f, gi = 0.f;
+            int32_t cnt = 0, corr = 0;
+            for (int64_t j0 = 0; j0 < K; j0 += 64) {
+              const int64_t j1 = std::min<int64_t>(K, j0 + 64);
+              float prod = 1.f;
+#pragma omp simd reduction(+ : lin, gi, cnt, corr) reduction(* : prod)
+              for (int64_t j = j0; j < j1; ++j) {
+                const bool m = kp[j] > rank_i;
+                const float x = ri - rp[j] - margin;
+                const float e = exp_nonpositive(-std::fabs(x));
+                const float one_plus_e = 1.f + e;
+                const float s = (x >= 0.f ? e : 1.f) / one_plus_e;  // sigmoid(-x) = -d loss / d x
+                const float sm = m ? s : 0.f;
+                lin += m ? (x < 0.f ? -x : 0.f) : 0.f;
+                prod *= m ? one_plus_e : 1.f;
+                gi -= sm;
+                gp[j] += sm;
+                cnt += m ? 1 : 0;
+                corr += (m && ri > rp[j]) ? 1 : 0;
+              }
+              lin += std::log(prod);
             }
-            g[i] += gi;
+            gp[i] += gi;
+            loss += lin;
+            pairs += cnt;
+            correct += corr;
           }
           float* grow = grad + off;
           if (pairs > 0) {
             const float inv = 1.f / static_cast<float>(pairs);
-            for (int64_t k = 0; k < K; ++k) grow[k] = g[k] * inv;
+            for (int64_t k = 0; k < K; ++k) grow[k] = gp[k] * inv;
             acc.loss += static_cast<double>(loss * inv);
             acc.valid_prompts += 1;
             acc.pairs += pairs;
@@ -110,7 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ranking_loss_cpu(
 
 template <typename scalar_t>
 void scale_grad(const float* grad, scalar_t* out, int64_t n, float scale) {
-  at::parallel_for(0, n, 32768, [&](int64_t begin, int64_t end) {
+  // A multiply per element: threads only pay off on large gradients.
+  at::parallel_for(0, n, 1 << 18, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) out[i] = static_cast<scalar_t>(grad[i] * scale);
   });
 }

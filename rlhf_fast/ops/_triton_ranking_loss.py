@@ -144,9 +144,12 @@ class TritonRankingLoss(torch.autograd.Function):
         ctx.save_for_backward(grad, stats)
         ctx.rewards_dtype = rewards.dtype
         ctx.mark_non_differentiable(accuracy, stats)
+        ctx.set_materialize_grads(False)  # no zero tensors for accuracy and stats
         return loss, accuracy, stats
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_accuracy, _grad_stats):
         grad, stats = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None
         return ranking_loss_triton_backward(grad_loss, grad, stats, ctx.rewards_dtype), None, None

@@ -126,9 +126,12 @@ if ext_available():
         ctx.save_for_backward(grad, stats)
         ctx.rewards_dtype = rewards.dtype
         ctx.mark_non_differentiable(accuracy, grad, stats)
+        ctx.set_materialize_grads(False)  # no zero tensors for the outputs that take no gradient
 
     def _backward(ctx, grad_loss, _grad_accuracy, _grad_grad, _grad_stats):
         grad, stats = ctx.saved_tensors
+        if grad_loss is None:
+            return None, None, None
         d_rewards = torch.ops.rlhf_fast.ranking_loss_backward(grad_loss.float(), grad, stats, ctx.rewards_dtype)
         return d_rewards, None, None
 
