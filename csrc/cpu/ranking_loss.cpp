@@ -78,33 +78,36 @@ RankingSums ranking_rows(const scalar_t* rewards, const int64_t* ranks, float* g
           float* gp = g.data();
           const float* rp = r.data();
           const int32_t* kp = rk.data();
-          for (int64_t i = 0; i < K; ++i) {
+          for (int64_t i = 0; i + 1 < K; ++i) {
             const int32_t rank_i = kp[i];
             if (rank_i < 0) continue;
             const float ri = rp[i];
-            // Over j, branch-free: pair "i above j" iff rank_j > rank_i (empty slots have -1, never
-            // above a rank >= 0). softplus(-x) = max(-x, 0) + log1p(e), e = exp(-|x|): the log1p terms
-            // of one i are summed as log(prod (1 + e)), one log per slot instead of one per pair
-            // (each factor is in (1, 2], so the product stays finite up to 127 factors: chunked).
+            // Each unordered pair {i, j}, j > i, once, branch-free over j: it is a pair iff both slots
+            // are non-empty and the ranks differ; sign = +1 when i is above j, -1 when j is above i,
+            // so x = sign * (r_i - r_j) - margin is "upper minus lower". softplus(-x) = max(-x, 0) +
+            // log1p(e), e = exp(-|x|): the log1p terms are summed as log(prod (1 + e)), one log per
+            // slot instead of one per pair (each factor is in (1, 2]: chunks of 64 stay finite).
             float lin = 0.f, gi = 0.f;
             int32_t cnt = 0, corr = 0;
-            for (int64_t j0 = 0; j0 < K; j0 += 64) {
+            for (int64_t j0 = i + 1; j0 < K; j0 += 64) {
               const int64_t j1 = std::min<int64_t>(K, j0 + 64);
               float prod = 1.f;
 #pragma omp simd reduction(+ : lin, gi, cnt, corr) reduction(* : prod)
               for (int64_t j = j0; j < j1; ++j) {
-                const bool m = kp[j] > rank_i;
-                const float x = ri - rp[j] - margin;
+                const bool m = kp[j] >= 0 && kp[j] != rank_i;
+                const float sign = kp[j] > rank_i ? 1.f : -1.f;
+                const float d = sign * (ri - rp[j]);  // upper minus lower
+                const float x = d - margin;
                 const float e = exp_nonpositive(-std::fabs(x));
                 const float one_plus_e = 1.f + e;
                 const float s = (x >= 0.f ? e : 1.f) / one_plus_e;  // sigmoid(-x) = -d loss / d x
-                const float sm = m ? s : 0.f;
+                const float ss = m ? sign * s : 0.f;  // d/dr_i = -sign * s, d/dr_j = +sign * s
                 lin += m ? (x < 0.f ? -x : 0.f) : 0.f;
                 prod *= m ? one_plus_e : 1.f;
-                gi -= sm;
-                gp[j] += sm;
+                gi -= ss;
+                gp[j] += ss;
                 cnt += m ? 1 : 0;
-                corr += (m && ri > rp[j]) ? 1 : 0;
+                corr += (m && d > 0.f) ? 1 : 0;
               }
               lin += std::log(prod);
             }
