@@ -57,11 +57,26 @@ RankingSums ranking_rows(const scalar_t* rewards, const int64_t* ranks, float* g
   // ~64k pair checks per task: the per-pair work is a few ns, and on a busy machine an OpenMP
   // region costs more than it saves on small batches.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(K * K, 1));
+  // The K (K - 1) / 2 unordered slot pairs {i < j}, flattened: the pair loop then runs over one
+  // long, fully vectorizable range instead of K short triangle rows.
+  std::vector<int32_t> pair_i, pair_j;
+  pair_i.reserve(K * (K - 1) / 2);
+  pair_j.reserve(K * (K - 1) / 2);
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = i + 1; j < K; ++j) {
+      pair_i.push_back(static_cast<int32_t>(i));
+      pair_j.push_back(static_cast<int32_t>(j));
+    }
+  }
+  const int64_t T = static_cast<int64_t>(pair_i.size());
+  const int32_t* pi = pair_i.data();
+  const int32_t* pj = pair_j.data();
   return at::parallel_reduce(
       0, B, grain, RankingSums{},
       [&](int64_t begin, int64_t end, RankingSums acc) {
         std::vector<float> r(K), g(K);  // one prompt's rewards (fp32) and gradient
         std::vector<int32_t> rk(K);     // its ranks; every negative rank becomes -1 (empty slot)
+        std::vector<float> sbuf(T);     // per pair: sign * sigmoid(-x), 0 for non-pairs
         for (int64_t b = begin; b < end; ++b) {
           const int64_t off = b * K;
           for (int64_t k = 0; k < K; ++k) {
@@ -78,43 +93,39 @@ RankingSums ranking_rows(const scalar_t* rewards, const int64_t* ranks, float* g
           float* gp = g.data();
           const float* rp = r.data();
           const int32_t* kp = rk.data();
-          for (int64_t i = 0; i + 1 < K; ++i) {
-            const int32_t rank_i = kp[i];
-            if (rank_i < 0) continue;
-            const float ri = rp[i];
-            // Each unordered pair {i, j}, j > i, once, branch-free over j: it is a pair iff both slots
-            // are non-empty and the ranks differ; sign = +1 when i is above j, -1 when j is above i,
-            // so x = sign * (r_i - r_j) - margin is "upper minus lower". softplus(-x) = max(-x, 0) +
-            // log1p(e), e = exp(-|x|): the log1p terms are summed as log(prod (1 + e)), one log per
-            // slot instead of one per pair (each factor is in (1, 2]: chunks of 64 stay finite).
-            float lin = 0.f, gi = 0.f;
+          float* sp = sbuf.data();
+          // Each unordered pair {i, j} once, branch-free: it is a pair iff both slots are non-empty
+          // and the ranks differ; sign = +1 when i is above j, -1 when j is above i, so
+          // x = sign * (r_i - r_j) - margin is "upper minus lower". softplus(-x) = max(-x, 0) +
+          // log1p(e), e = exp(-|x|): the log1p terms are summed as log(prod (1 + e)), one log per
+          // 64 pairs instead of one per pair (each factor is in (1, 2], so 64 of them stay finite).
+          for (int64_t t0 = 0; t0 < T; t0 += 64) {
+            const int64_t t1 = std::min<int64_t>(T, t0 + 64);
+            float lin = 0.f, prod = 1.f;
             int32_t cnt = 0, corr = 0;
-            for (int64_t j0 = i + 1; j0 < K; j0 += 64) {
-              const int64_t j1 = std::min<int64_t>(K, j0 + 64);
-              float prod = 1.f;
-#pragma omp simd reduction(+ : lin, gi, cnt, corr) reduction(* : prod)
-              for (int64_t j = j0; j < j1; ++j) {
-                const bool m = kp[j] >= 0 && kp[j] != rank_i;
-                const float sign = kp[j] > rank_i ? 1.f : -1.f;
-                const float d = sign * (ri - rp[j]);  // upper minus lower
-                const float x = d - margin;
-                const float e = exp_nonpositive(-std::fabs(x));
-                const float one_plus_e = 1.f + e;
-                const float s = (x >= 0.f ? e : 1.f) / one_plus_e;  // sigmoid(-x) = -d loss / d x
-                const float ss = m ? sign * s : 0.f;  // d/dr_i = -sign * s, d/dr_j = +sign * s
-                lin += m ? (x < 0.f ? -x : 0.f) : 0.f;
-                prod *= m ? one_plus_e : 1.f;
-                gi -= ss;
-                gp[j] += ss;
-                cnt += m ? 1 : 0;
-                corr += (m && d > 0.f) ? 1 : 0;
-              }
-              lin += std::log(prod);
+#pragma omp simd reduction(+ : lin, cnt, corr) reduction(* : prod)
+            for (int64_t t = t0; t < t1; ++t) {
+              const int32_t ki = kp[pi[t]], kj = kp[pj[t]];
+              const bool m = ki >= 0 && kj >= 0 && ki != kj;
+              const float sign = kj > ki ? 1.f : -1.f;
+              const float d = sign * (rp[pi[t]] - rp[pj[t]]);  // upper minus lower
+              const float x = d - margin;
+              const float e = exp_nonpositive(-std::fabs(x));
+              const float one_plus_e = 1.f + e;
+              const float s = (x >= 0.f ? e : 1.f) / one_plus_e;  // sigmoid(-x) = -d loss / d x
+              sp[t] = m ? sign * s : 0.f;  // d/dr_i = -sign * s, d/dr_j = +sign * s
+              lin += m ? (x < 0.f ? -x : 0.f) : 0.f;
+              prod *= m ? one_plus_e : 1.f;
+              cnt += m ? 1 : 0;
+              corr += (m && d > 0.f) ? 1 : 0;
             }
-            gp[i] += gi;
-            loss += lin;
+            loss += lin + std::log(prod);
             pairs += cnt;
             correct += corr;
+          }
+          for (int64_t t = 0; t < T; ++t) {  // scatter the pair gradients to their two slots
+            gp[pi[t]] -= sp[t];
+            gp[pj[t]] += sp[t];
           }
           float* grow = grad + off;
           if (pairs > 0) {

@@ -1,5 +1,6 @@
-// Pair math of the K-way ranking loss, shared by the CPU (.cpp) and CUDA (.cu) kernels.
-// No torch headers, so nvcc compiles it on its own.
+// Pair math of the K-way ranking loss (host/device). The CUDA kernel uses it; the CPU kernel has a
+// branch-free, vectorizable variant of the same formulas (csrc/cpu/ranking_loss.cpp). No torch
+// headers, so nvcc compiles it on its own.
 #pragma once
 #include <cmath>
 
