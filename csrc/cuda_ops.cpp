@@ -85,6 +85,42 @@ void logprobs_bwd_tile_cuda(const at::Tensor& logits, const at::Tensor& labels, 
                                         g_lp.const_data_ptr<float>(), g_ent.const_data_ptr<float>(),
                                         c10::cuda::getCurrentCUDAStream()),
                "logprobs_bwd_tile_");
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ranking_loss_cuda(
+    const at::Tensor& rewards, const at::Tensor& ranks, double margin) {
+  check_ranking_inputs(rewards, ranks, margin);
+  TORCH_CHECK(rewards.is_cuda(), "ranking_loss_cuda needs CUDA tensors, got ", rewards.device());
+  const c10::cuda::CUDAGuard guard(rewards.device());
+  const auto r = rewards.contiguous();
+  const auto rk = ranks.contiguous();
+  const auto f32 = r.options().dtype(at::kFloat);
+  auto grad = at::empty(r.sizes(), f32);
+  auto loss = at::empty({}, f32);
+  auto accuracy = at::empty({}, f32);
+  auto stats = at::empty({4}, r.options().dtype(at::kLong));
+  auto workspace = at::empty({kRankingWorkspaceBytes}, r.options().dtype(at::kByte));
+  check_launch(launch_ranking_loss(to_dtype(r, "rewards"), r.data_ptr(), rk.data_ptr<int64_t>(),
+                                   grad.data_ptr<float>(), loss.data_ptr<float>(),
+                                   accuracy.data_ptr<float>(), stats.data_ptr<int64_t>(),
+                                   workspace.data_ptr(), r.size(0), r.size(1),
+                                   static_cast<float>(margin), c10::cuda::getCurrentCUDAStream()),
+               "ranking_loss");
+  return {loss, accuracy, grad, stats};
+}
+
+at::Tensor ranking_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad,
+                                      const at::Tensor& stats, at::ScalarType dtype) {
+  check_ranking_backward_inputs(grad_loss, grad, stats, dtype);
+  TORCH_CHECK(grad.is_cuda(), "ranking_loss_backward_cuda needs CUDA tensors, got ", grad.device());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const auto gl = grad_loss.contiguous();
+  const auto g = grad.contiguous();
+  auto out = at::empty(g.sizes(), g.options().dtype(dtype));
+  check_launch(launch_ranking_loss_backward(to_dtype(out, "dtype"), gl.data_ptr<float>(),
+                                            g.data_ptr<float>(), stats.data_ptr<int64_t>(),
+                                            out.data_ptr(), g.numel(),
+                                            c10::cuda::getCurrentCUDAStream()),
+               "ranking_loss_backward");
+  return out;
 }
 
 }  // namespace
@@ -94,6 +130,8 @@ TORCH_LIBRARY_IMPL(rlhf_fast, CUDA, m) {
   m.impl("masked_whiten", &masked_whiten_cuda);
   m.impl("logprobs_fwd_tile_", &logprobs_fwd_tile_cuda);
   m.impl("logprobs_bwd_tile_", &logprobs_bwd_tile_cuda);
+  m.impl("ranking_loss", &ranking_loss_cuda);
+  m.impl("ranking_loss_backward", &ranking_loss_backward_cuda);
 }
 
 }  // namespace rlhf_fast

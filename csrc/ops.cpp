@@ -9,6 +9,9 @@ TORCH_LIBRARY(rlhf_fast, m) {
   // Fused LM-head log-probs: online log-sum-exp over one logits tile, and its gradient in place.
   m.def("logprobs_fwd_tile_(Tensor logits, Tensor labels, int v_start, float inv_temp, Tensor(a!) run_max, Tensor(b!) run_sum, Tensor(c!) run_zsum, Tensor(d!) target, bool with_entropy) -> ()");
   m.def("logprobs_bwd_tile_(Tensor(a!) logits, Tensor labels, int v_start, float inv_temp, Tensor row_max, Tensor log_sum, Tensor mean_rel, Tensor g_lp, Tensor g_ent) -> ()");
+  // -> (loss, accuracy, grad = d loss_b / d rewards / P_b (B, K) fp32, stats (4,) int64)
+  m.def("ranking_loss(Tensor rewards, Tensor ranks, float margin) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("ranking_loss_backward(Tensor grad_loss, Tensor grad, Tensor stats, ScalarType dtype) -> Tensor");
 }
 
 namespace {

@@ -12,6 +12,7 @@ from rlhf_fast.ops.fused_linear_logprobs import (
 )
 from rlhf_fast.ops.gae import gae, gae_ref
 from rlhf_fast.ops.masked_whiten import masked_whiten, masked_whiten_ref
+from rlhf_fast.ops.ranking_loss import ranking_loss, ranking_loss_ref
 
 __all__ = [
     "BACKENDS",
@@ -27,4 +28,6 @@ __all__ = [
     "gae_ref",
     "masked_whiten",
     "masked_whiten_ref",
+    "ranking_loss",
+    "ranking_loss_ref",
 ]

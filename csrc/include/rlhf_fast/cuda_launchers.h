@@ -19,6 +19,20 @@ cudaError_t launch_masked_whiten(DType dtype, const void* x, const bool* mask, f
                                  double* stats, int64_t n, float eps, bool shift_mean,
                                  cudaStream_t stream);
 
+// InstructGPT ranking loss forward, one launch. rewards: (B, K) of `dtype`; ranks: (B, K) int64
+// (negative = empty slot); grad: (B, K) fp32, d loss_b / d rewards / P_b; loss, accuracy: one fp32
+// each; stats: 4 int64 (valid prompts, pairs, correct pairs, non-finite rewards at non-empty slots);
+// workspace: kRankingWorkspaceBytes of scratch (the launcher zeroes it with cudaMemsetAsync).
+constexpr int64_t kRankingWorkspaceBytes = 64;
+cudaError_t launch_ranking_loss(DType dtype, const void* rewards, const int64_t* ranks, float* grad,
+                                float* loss, float* accuracy, int64_t* stats, void* workspace,
+                                int64_t B, int64_t K, float margin, cudaStream_t stream);
+
+// Ranking loss backward: out = (grad * grad_loss / stats[0]) in `out_dtype`, n elements.
+cudaError_t launch_ranking_loss_backward(DType out_dtype, const float* grad_loss, const float* grad,
+                                         const int64_t* stats, void* out, int64_t n,
+                                         cudaStream_t stream);
+
 }  // namespace rlhf_fast
 
 namespace rlhf_fast {
