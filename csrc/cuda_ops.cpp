@@ -85,6 +85,8 @@ void logprobs_bwd_tile_cuda(const at::Tensor& logits, const at::Tensor& labels, 
                                         g_lp.const_data_ptr<float>(), g_ent.const_data_ptr<float>(),
                                         c10::cuda::getCurrentCUDAStream()),
                "logprobs_bwd_tile_");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ranking_loss_cuda(
     const at::Tensor& rewards, const at::Tensor& ranks, double margin) {
   check_ranking_inputs(rewards, ranks, margin);
