@@ -52,7 +52,7 @@ class DataConfig:
     synthetic_train: int = doc(2000, "synthetic task: number of training rows generated when train_file is None")
     synthetic_eval: int = doc(200, "synthetic task: number of held-out rows generated when eval_file is None")
     synthetic_k: int = doc(4, "synthetic task: responses ranked per prompt in the reward-model data")
-    packing: bool = doc(False, "SFT: pack several rows into one sequence (padding-free batches)")
+    packing: bool = doc(False, "SFT: pack rows into sequences of max_length (padding-free; rows never attend to each other)")
 
 
 @dataclass

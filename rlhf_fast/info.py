@@ -17,6 +17,16 @@ def _version(module: str) -> str:
         return f"import failed: {exc}"
 
 
+def _attention_choice() -> str:
+    """What model.attn_implementation=auto picks for bf16 models on this machine, and why."""
+    from rlhf_fast.models.attention import choose_attn_implementation, flash_attn_status
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choice = choose_attn_implementation("auto", device, torch.bfloat16)
+    why = flash_attn_status(device, torch.bfloat16)
+    return choice + ("" if why is None else f" (flash_attention_2 unavailable: {why})")
+
+
 def collect() -> dict:
     import rlhf_fast
     from rlhf_fast._ext import EXT_ERROR, cuda_built, ext_available
@@ -38,6 +48,7 @@ def collect() -> dict:
         "extension": "built" + (" with CUDA kernels" if cuda_built() else " (CPU kernels only)")
         if ext_available() else f"not available: {EXT_ERROR}",
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible",
+        "attention": _attention_choice(),
         "backends": {name: available_backends(dev) for name, dev in devices.items()},
     }
 
@@ -46,7 +57,8 @@ def report() -> str:
     info = collect()
     lines = ["rlhf_fast environment", ""]
     lines += [f"  {k:<14} {v}" for k, v in info["versions"].items()]
-    lines += ["", f"  extension      {info['extension']}", f"  GPU            {info['gpu']}", ""]
+    lines += ["", f"  extension      {info['extension']}", f"  GPU            {info['gpu']}",
+              f"  attention      {info['attention']}", ""]
     for device, backends in info["backends"].items():
         lines.append(f"  backends for {device} tensors:")
         for name, why in backends.items():

@@ -1,6 +1,6 @@
 import pytest
 
-from rlhf_fast.config import ConfigError, RMConfig, SFTConfig, field_docs, load_config, parse_overrides
+from rlhf_fast.config import ConfigError, PPOConfig, RMConfig, SFTConfig, field_docs, load_config, parse_overrides
 
 
 def test_every_field_has_a_doc_line():
@@ -22,6 +22,10 @@ def test_presets_load_by_name():
     cfg = load_config(SFTConfig, "sft", "tiny")
     assert cfg.model.preset == "tiny"
     assert load_config(RMConfig, "rm", "tiny").model.path
+    for preset in ("1b", "7b"):
+        sft = load_config(SFTConfig, "sft", preset)
+        assert sft.model.dropout == 0.2 and sft.model.gradient_checkpointing
+        assert load_config(PPOConfig, "ppo", preset).ppo.kl_beta == 0.02
 
 
 def test_unknown_keys_list_the_valid_ones(tmp_path):

@@ -138,3 +138,22 @@ def test_rm_trains_normalises_and_round_trips(tmp_path):
     with torch.no_grad():
         scores = loaded(batch["input_ids"], batch["attention_mask"])
         torch.testing.assert_close(scores, trainer.model(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_packed_sft_batches_give_the_same_loss_as_padded_ones(tok):
+    from rlhf_fast.config import ModelConfig
+    from rlhf_fast.data.collate import packed_sft_batch
+    from rlhf_fast.models.loading import build_or_load_causal_lm
+    from rlhf_fast.trainers.sft import sft_loss
+
+    torch.manual_seed(0)
+    model = build_or_load_causal_lm(ModelConfig(), tok, torch.device("cpu"))
+    rows = synthetic_rows("sft", "train", 12)
+    padded, _ = sft_batch(tok, rows, max_length=64)
+    packed, _ = packed_sft_batch(tok, rows, max_length=64)
+    assert packed["input_ids"].shape[0] < len(rows)  # several rows share a sequence
+    assert "attention_mask" not in packed
+    loss_padded, n_padded = sft_loss(model, padded)
+    loss_packed, n_packed = sft_loss(model, packed)
+    assert n_packed == n_padded
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)

@@ -89,3 +89,33 @@ def ranking_batch(tokenizer, rows: list[dict], max_length: int) -> tuple[dict, i
             last.append(len(seqs[-1]) - 1)
     ids, mask = pad_right(seqs, tokenizer.pad_token_id)
     return {"input_ids": ids, "attention_mask": mask, "last_index": torch.tensor(last), "ranks": ranks}, truncated
+
+
+def packed_sft_batch(tokenizer, rows: list[dict], max_length: int) -> tuple[dict, int]:
+    """SFT rows packed first-fit into sequences of at most max_length tokens, padding-free:
+    position_ids restart at 0 for every row and there is no attention_mask, so transformers
+    builds a block-diagonal causal mask (rows never attend to each other). The padding at the end
+    of a sequence is one more block with ignored labels."""
+    encoded = [encode_pair(tokenizer, r["prompt"], r["response"], max_length) for r in rows]
+    bins: list[list] = []
+    for e in sorted(encoded, key=lambda e: -len(e.input_ids)):
+        for b in bins:
+            if sum(len(x.input_ids) for x in b) + len(e.input_ids) <= max_length:
+                b.append(e)
+                break
+        else:
+            bins.append([e])
+    width = max(sum(len(x.input_ids) for x in b) for b in bins)
+    ids = torch.full((len(bins), width), tokenizer.pad_token_id, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    for i, b in enumerate(bins):
+        start = 0
+        for e in b:
+            n = len(e.input_ids)
+            ids[i, start : start + n] = torch.tensor(e.input_ids)
+            positions[i, start : start + n] = torch.arange(n)
+            labels[i, start + e.prompt_len - 1 : start + n - 1] = ids[i, start + e.prompt_len : start + n]
+            start += n
+        positions[i, start:] = torch.arange(width - start)
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}, sum(e.truncated for e in encoded)

@@ -6,6 +6,7 @@ and models_to_save."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import random
@@ -17,6 +18,8 @@ from rlhf_fast.config import to_dict
 from rlhf_fast.models.loading import resolve_device
 from rlhf_fast.trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from rlhf_fast.trainers.metrics import MetricsLogger, plot_metrics
+
+log = logging.getLogger("rlhf_fast")
 
 
 class BatchOrder:
@@ -99,8 +102,8 @@ class Trainer:
         self.resume_from = latest_checkpoint(self.output_dir) if self.cfg.run.resume else None
         self.setup_models()  # loads the weights of self.resume_from when set
         o = self.cfg.optim
-        params = [p for p in self.trainable_parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        groups = [{"params": [p for p in group if p.requires_grad]} for group in self.parameter_groups()]
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
         self.order = BatchOrder(len(train_rows), self.rows_per_batch(), self.cfg.run.seed)
         if self.resume_from:
@@ -112,8 +115,10 @@ class Trainer:
     def rows_per_batch(self) -> int:
         return self.cfg.optim.batch_size
 
-    def trainable_parameters(self):
-        return self.model.parameters()
+    def parameter_groups(self) -> list:
+        """Lists of trained parameters; each group's gradient norm is clipped on its own (so, in PPO,
+        the value loss cannot shrink the policy's step)."""
+        return [list(self.model.parameters())]
 
     def _trim_metrics(self) -> None:
         """Drops metric lines past the resumed step (written after the checkpoint, before a crash)."""
@@ -160,6 +165,9 @@ class Trainer:
                 bar.close()
         final = {**self.evaluate(), **self.finish()}
         final["data/truncated_rows"] = self.truncated_rows
+        if self.truncated_rows:
+            log.warning("%s: %d rows were longer than data.max_length=%d and were truncated", self.stage,
+                        self.truncated_rows, cfg.data.max_length)
         self.metrics.log(self.step, final)
         self.save()
         self.metrics.close()
@@ -186,13 +194,14 @@ class Trainer:
         return {**totals, "optim/lr": self.scheduler.get_last_lr()[0], "optim/grad_norm": grad_norm, "tokens": tokens}
 
     def optimizer_step(self) -> float:
-        """Clips the global gradient norm, steps, zeroes; returns the norm before clipping."""
+        """Clips each parameter group's gradient norm, steps, zeroes; returns the first group's
+        norm before clipping."""
         clip = self.cfg.optim.grad_clip
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        norms = [float(torch.nn.utils.clip_grad_norm_(g["params"], clip if clip > 0 else float("inf")))
+                 for g in self.optimizer.param_groups]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
+        return norms[0]
 
     def extra_state(self) -> dict:
         """Stage-specific state saved with the checkpoint (e.g. PPO's KL controller)."""

@@ -114,8 +114,8 @@ class PPOTrainer(Trainer):
         self.ptx_rows = load_rows(p.ptx_file, "sft", d, "train", cfg.run.seed) if p.ptx_coef > 0 else []
         self.ptx_position = 0
 
-    def trainable_parameters(self):
-        return list(self.model.parameters()) + list(self.value.parameters())
+    def parameter_groups(self) -> list:
+        return [list(self.model.parameters()), list(self.value.parameters())]
 
     @contextlib.contextmanager
     def on_device(self, model):

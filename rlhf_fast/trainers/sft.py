@@ -9,7 +9,7 @@ import os
 import torch
 
 from rlhf_fast import ops
-from rlhf_fast.data.collate import IGNORE_INDEX, sft_batch
+from rlhf_fast.data.collate import IGNORE_INDEX, packed_sft_batch, sft_batch
 from rlhf_fast.data.sources import load_rows
 from rlhf_fast.evaluation import gold_score
 from rlhf_fast.models.loading import build_or_load_causal_lm, load_tokenizer_for
@@ -19,8 +19,10 @@ POLICY = "policy"
 
 
 def sft_loss(model, batch: dict, reduction: str = "mean") -> tuple[torch.Tensor, int]:
-    """NLL of the response tokens (labels != IGNORE_INDEX) and how many there are."""
-    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    """NLL of the response tokens (labels != IGNORE_INDEX) and how many there are. A packed batch
+    (position_ids, no attention_mask) keeps its rows apart through the block-diagonal mask."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                 position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
     labels = batch["labels"]
     keep = labels != IGNORE_INDEX
     head = model.get_output_embeddings()
@@ -42,7 +44,8 @@ class SFTTrainer(Trainer):
         self.eval_rows = load_rows(d.eval_file, "sft", d, "eval", self.cfg.run.seed)
 
     def micro_step(self, rows):
-        batch, truncated = sft_batch(self.tokenizer, rows, self.cfg.data.max_length)
+        make_batch = packed_sft_batch if self.cfg.data.packing else sft_batch
+        batch, truncated = make_batch(self.tokenizer, rows, self.cfg.data.max_length)
         self.truncated_rows += truncated
         batch = {k: v.to(self.device) for k, v in batch.items()}
         loss, tokens = sft_loss(self.model, batch)
