@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from benchmarks._common import bench_case, finish, kernel_providers, pick_device, standard_args
+from benchmarks._common import COMPILE_SKIPPED, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
 from rlhf_fast import ops
 
 GAMMA, LAM = 1.0, 0.95
@@ -37,7 +37,9 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None 
         r, v, m = make_inputs(B, T, dtype, device)
         expected = ops.gae_ref(r.float(), v.float(), m, GAMMA, LAM)
         providers = {"torch:gae_ref": lambda: ops.gae_ref(r, v, m, GAMMA, LAM)}
-        if T <= 128:  # torch.compile unrolls the loop: compile time grows with T
+        if not use_compile(device, quick):
+            skipped.append(COMPILE_SKIPPED)
+        elif T <= 128:  # torch.compile unrolls the loop: compile time grows with T
             compiled = torch.compile(ops.gae_ref)
             providers["torch:gae_ref+compile"] = lambda: compiled(r, v, m, GAMMA, LAM)
         else:

@@ -1,6 +1,7 @@
 """fused_linear_logprobs: every available rlhf_fast backend against the naive reference (full
-logits, log_softmax, gather) in eager mode and under torch.compile, side by side; forward and
-forward+backward (gradients of hidden and weight), time and peak memory.
+logits, log_softmax, gather) in eager mode and under torch.compile, side by side; forward,
+forward+backward (gradients of hidden and weight), and forward+backward of log-probs + entropy + k3 KL
+(PPO's call), time and peak memory.
 
     python -m benchmarks.bench_logprob [--device cuda] [--dtype bfloat16] [--quick]
 
@@ -16,15 +17,17 @@ import sys
 
 import torch
 
-from benchmarks._common import bench_case, finish, kernel_providers, pick_device, standard_args
+from benchmarks._common import COMPILE_SKIPPED, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
 from rlhf_fast import ops
 
 flp = importlib.import_module("rlhf_fast.ops.fused_linear_logprobs")
 
 
 def shapes(device: torch.device, quick: bool) -> list[tuple[int, int, int]]:
-    if device.type == "cuda":
-        return [(4096, 4096, 32000)] if quick else [(4096, 4096, 32000), (8192, 4096, 128256), (16384, 4096, 128256)]
+    if device.type == "cuda":  # Llama-3.2-1B / Llama-3-8B / Qwen2-7B-like heads (V = 32k / 128k / 152k, H = 2k..8k)
+        return [(4096, 4096, 32000)] if quick else [
+            (4096, 4096, 32000), (8192, 2048, 128256), (16384, 4096, 128256), (32768, 4096, 32000),
+            (8192, 3584, 151936), (16384, 8192, 151936)]
     return [(512, 256, 8000)] if quick else [(4096, 512, 32000)]
 
 
@@ -55,24 +58,56 @@ def full_fn(f, h, w, y):
     return run
 
 
+_REF_LP: dict = {}
+
+
+def _reference_logprobs(h, w, y):
+    """A frozen reference policy close to the current one, as in PPO: the fp32 log-probs + N(0, 0.1)."""
+    key = (tuple(h.shape), tuple(w.shape), y.data_ptr())
+    if key not in _REF_LP:
+        _REF_LP.clear()
+        with torch.no_grad():
+            lp = ops.fused_linear_logprobs_ref(h.float(), w.float(), y).logprobs
+        g = torch.Generator().manual_seed(1)
+        _REF_LP[key] = lp + 0.1 * torch.randn(lp.shape, generator=g).to(lp.device)
+    return _REF_LP[key]
+
+
+def full_ent_kl_fn(f, h, w, y):
+    """PPO's call: log-probs, entropy and the k3 KL to a frozen reference, all three differentiated."""
+    h = h.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    ref_lp = _reference_logprobs(h, w, y)
+
+    def run():
+        out = f(h, w, y, ref_logprobs=ref_lp, kl_estimator="k3", compute_entropy=True)
+        gh, gw = torch.autograd.grad(out.logprobs.sum() + 0.01 * out.entropy.sum() + 0.1 * out.kl.sum(), (h, w))
+        return out.logprobs.detach(), out.entropy.detach(), out.kl.detach(), gh, gw
+    return run
+
+
 def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None = None, compile_ref: bool = True):
     rows, skipped = [], []
+    compile_ref = compile_ref and use_compile(device, quick)
+    if not compile_ref:
+        skipped.append(COMPILE_SKIPPED)
     ref = ops.fused_linear_logprobs_ref
     compiled = torch.compile(ref) if compile_ref else None
     for N, H, V in shapes(device, quick):
         h, w, y = make_inputs(N, H, V, dtype, device)
         h32, w32 = h.float(), w.float()
         tol = 2e-4 if dtype == torch.float32 else 3e-2
-        for mode, wrap, flops in (("forward", forward_fn, 2 * N * H * V), ("full", full_fn, 6 * N * H * V)):
+        for mode, wrap, flops in (("forward", forward_fn, 2 * N * H * V), ("full", full_fn, 6 * N * H * V),
+                                  ("full+entropy+kl", full_ent_kl_fn, 6 * N * H * V)):
             expected = wrap(ref, h32, w32, y)()
-            if mode == "full":  # grads in the input dtype
-                expected = tuple(e.to(dtype) if i else e for i, e in enumerate(expected))
+            if mode != "forward":  # grads (the last two outputs) in the input dtype
+                expected = tuple(e.to(dtype) if i >= len(expected) - 2 else e for i, e in enumerate(expected))
             providers = {"torch:ref": wrap(ref, h, w, y)}
             if compiled is not None:
                 providers["torch:ref+compile"] = wrap(compiled, h, w, y)
             kernels, notes = kernel_providers(
                 ops.available_backends(device),
-                lambda b: wrap(lambda *a: ops.fused_linear_logprobs(*a, backend=b), h, w, y), device)
+                lambda b: wrap(lambda *a, **kw: ops.fused_linear_logprobs(*a, **kw, backend=b), h, w, y), device)
             providers.update(kernels)
             skipped += notes
             rows += bench_case("fused_linear_logprobs", f"N={N} H={H} V={V}", dtype, mode, providers, expected,

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from benchmarks._common import bench_case, finish, kernel_providers, pick_device, standard_args
+from benchmarks._common import COMPILE_SKIPPED, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
 from rlhf_fast import ops
 
 MARGIN = 0.0
@@ -50,11 +50,13 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None 
     for B, K in shapes(device, quick):
         r, ranks = make_inputs(B, K, dtype, device)
         expected = forward_backward(lambda x, rk: ops.ranking_loss_ref(x.float(), rk, MARGIN), r, ranks)()
-        compiled = torch.compile(ops.ranking_loss_ref, dynamic=False)
         providers = {
-            "torch:ranking_loss_ref": forward_backward(lambda x, rk: ops.ranking_loss_ref(x, rk, MARGIN), r, ranks),
-            "torch:ranking_loss_ref+compile": forward_backward(lambda x, rk: compiled(x, rk, MARGIN), r, ranks),
-        }
+            "torch:ranking_loss_ref": forward_backward(lambda x, rk: ops.ranking_loss_ref(x, rk, MARGIN), r, ranks)}
+        if use_compile(device, quick):
+            compiled = torch.compile(ops.ranking_loss_ref, dynamic=False)
+            providers["torch:ranking_loss_ref+compile"] = forward_backward(lambda x, rk: compiled(x, rk, MARGIN), r, ranks)
+        else:
+            skipped.append(COMPILE_SKIPPED)
         kernels, notes = kernel_providers(
             ops.available_backends(device),
             lambda b: forward_backward(lambda x, rk: ops.ranking_loss(x, rk, margin=MARGIN, backend=b), r, ranks),

@@ -1,4 +1,4 @@
-"""The `rlhf-fast` command: pipeline (the default demo), sft, rm, ppo, eval, info.
+"""The `rlhf-fast` command: pipeline (the default demo), sft, rm, ppo, eval, info, bench.
 
 Stage commands take `--config <file or preset name>` and `--section.field value` overrides,
 e.g. `rlhf-fast sft --config tiny --optim.lr 3e-4 --run.output_dir outputs/sft`."""
@@ -76,6 +76,30 @@ def _eval(args) -> int:
     return 0
 
 
+def _bench(rest) -> int:
+    """The benchmark suite lives in the source checkout's benchmarks/ (next to the rlhf_fast/ of an
+    editable install), not in the package: put the checkout on sys.path and run benchmarks.suite."""
+    import importlib
+    import os
+
+    import rlhf_fast
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(rlhf_fast.__file__)))
+    if not os.path.isfile(os.path.join(root, "benchmarks", "suite.py")):
+        print(f"rlhf-fast bench: no benchmarks/ folder next to the rlhf_fast package ({root}). The suite ships with "
+              "the source tree, not the wheel: clone the repository, `pip install --no-build-isolation -e .` in it, "
+              "and run `rlhf-fast bench` (or `python -m benchmarks`) from there.", file=sys.stderr)
+        return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    loaded = sys.modules.get("benchmarks")
+    if loaded is not None and os.path.dirname(os.path.abspath(getattr(loaded, "__file__", "") or "")) != os.path.join(root, "benchmarks"):
+        print(f"rlhf-fast bench: another module named 'benchmarks' is already imported ({loaded!r})", file=sys.stderr)
+        return 2
+    suite = importlib.import_module("benchmarks.suite")
+    return suite.main(rest, prog="rlhf-fast bench")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="rlhf-fast", description="Fast RLHF (InstructGPT) trainer")
@@ -92,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text, description=text + ". Extra --section.field value pairs override the config.")
         p.add_argument("--config", default=None, help="YAML file or preset name in configs/ (e.g. tiny)")
         p.add_argument("--help-config", action="store_true", help="list every config key with its description")
+    sub.add_parser("bench", add_help=False,
+                   help="every kernel and training stage against its PyTorch reference (see `rlhf-fast bench --help`)")
     p = sub.add_parser("eval", help="gold score of a policy / RM accuracy on held-out data")
     p.add_argument("--model", help="policy folder (save_pretrained)")
     p.add_argument("--reward-model", help="reward model folder")
@@ -102,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=128)
     argv = sys.argv[1:] if argv is None else argv
     args, rest = parser.parse_known_args(argv or ["pipeline"])  # no command: the embedded demo
+    if args.command == "bench":  # its own options, parsed by benchmarks.suite
+        return _bench(argv[argv.index("bench") + 1 :])
     if args.command not in ("sft", "rm", "ppo", "pipeline") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "info":
