@@ -91,6 +91,9 @@ class PPOTrainer(Trainer):
         cfg = self.cfg
         self.tokenizer = load_tokenizer_for(cfg.model)
         frozen_device = torch.device("cpu") if cfg.ppo.offload_frozen else self.device
+        if self.resume_from and (cfg.model.path is None or cfg.reward_model is None):
+            raise ValueError("ppo: resuming needs model.path (the SFT model, the frozen reference) and reward_model "
+                             "set; without them the reference and reward model were random and cannot be rebuilt")
         policy_cfg = copy.copy(cfg.model)
         if self.resume_from:
             policy_cfg.path = os.path.join(self.resume_from, POLICY)
