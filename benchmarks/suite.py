@@ -24,7 +24,6 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
-from typing import Callable
 
 import torch
 

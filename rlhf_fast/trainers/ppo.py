@@ -205,7 +205,7 @@ class PPOTrainer(Trainer):
                 grad_norm = self.optimizer_step()
                 n_updates += 1
                 train_tokens += int(mask[mb].sum())
-                for k, v in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("ppo/clipfrac", clipfrac),
+                for k, v in (("loss/policy", pg_loss.detach()), ("loss/value", vf_loss.detach()), ("ppo/clipfrac", clipfrac),
                              ("ppo/approx_kl", approx_kl), ("value/clipfrac", vf_clipfrac), ("optim/grad_norm", grad_norm)):
                     stats[k] = stats.get(k, 0.0) + float(v)
         t_train = time.perf_counter() - t1
