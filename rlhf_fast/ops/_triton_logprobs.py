@@ -26,6 +26,27 @@ from rlhf_fast.ops._logprobs_common import finish_stats
 
 
 @triton.jit
+def _logits_tile(h_ptr, w_ptr, b_ptr, rn64, rmask, rv, vmask, H, stride_h, stride_w, HAS_BIAS: tl.constexpr,
+                 UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
+    """(BLOCK_N, BLOCK_V) fp32 logits tile: hidden[rows] @ weight[cols].T (+ bias[cols]), the forward
+    and the backward recompute it the same way."""
+    rv64 = rv.to(tl.int64)
+    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    for k in range(0, H, BLOCK_H):
+        rk = k + tl.arange(0, BLOCK_H)
+        kmask = rk < H
+        a = tl.load(h_ptr + rn64[:, None] * stride_h + rk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
+        if UPCAST:  # the CPU interpreter multiplies bf16 bit patterns as integers
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)  # fp32 accumulator
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
 def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) fp32; target (N,)
                 h_ptr, w_ptr, b_ptr, labels_ptr, N, V, H, inv_temp, stride_h, stride_w, n_splits,
                 HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
@@ -42,18 +63,8 @@ def _fwd_kernel(m_ptr, s_ptr, t_ptr, tgt_ptr,  # outputs: partials (SPLITS, N) f
     for vt in range(split, tl.cdiv(V, BLOCK_V), n_splits):
         rv = vt * BLOCK_V + tl.arange(0, BLOCK_V)
         vmask = rv < V
-        rv64 = rv.to(tl.int64)
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k in range(0, H, BLOCK_H):
-            rk = k + tl.arange(0, BLOCK_H)
-            kmask = rk < H
-            a = tl.load(h_ptr + rn64[:, None] * stride_h + rk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-            b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
-            if UPCAST:  # the CPU interpreter multiplies bf16 bit patterns as integers
-                a, b = a.to(tl.float32), b.to(tl.float32)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)  # fp32 accumulator
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
+        acc = _logits_tile(h_ptr, w_ptr, b_ptr, rn64, rmask, rv, vmask, H, stride_h, stride_w,
+                           HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         z = tl.where(vmask[None, :], acc * inv_temp, float("-inf"))  # padding columns weigh nothing
         m_new = tl.maximum(m, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: avoid -inf - -inf
@@ -90,18 +101,8 @@ def _grad_kernel(out_ptr,  # (n, vb) dL/dx of this vocabulary chunk, in the inpu
     rn64 = rn.to(tl.int64)
     rv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # column within the chunk
     vmask = rv < vb
-    rv64 = rv.to(tl.int64)
-    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-    for k in range(0, H, BLOCK_H):
-        rk = k + tl.arange(0, BLOCK_H)
-        kmask = rk < H
-        a = tl.load(h_ptr + rn64[:, None] * stride_h + rk[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(w_ptr + rv64[:, None] * stride_w + rk[None, :], mask=vmask[:, None] & kmask[None, :], other=0.0)
-        if UPCAST:
-            a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rv, mask=vmask, other=0.0).to(tl.float32)[None, :]
+    acc = _logits_tile(h_ptr, w_ptr, b_ptr, rn64, rmask, rv, vmask, H, stride_h, stride_w,
+                       HAS_BIAS, UPCAST, PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     m = tl.load(m_ptr + rn, mask=rmask, other=0.0)  # saved max logit, log sum exp(z - m), mu - m
     log_s = tl.load(logs_ptr + rn, mask=rmask, other=0.0)
     c = tl.load(c_ptr + rn, mask=rmask, other=0.0)
