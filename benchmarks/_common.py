@@ -385,3 +385,11 @@ def finish(rows: list[Row], name: str, device: torch.device, args, skipped: list
     if failed:
         print(f"{len(failed)} case(s) FAILED")
     return 1 if failed else 0
+
+
+def simple_main(run, name: str, description: str, argv=None) -> int:
+    """The command line of a kernel benchmark whose run(device, dtype, quick, reps) takes no extra options."""
+    args = standard_args(description).parse_args(argv)
+    device = pick_device(args.device)
+    rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps)
+    return finish(rows, name, device, args, skipped)

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from benchmarks._common import COMPILE_SKIPPED, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
+from benchmarks._common import COMPILE_SKIPPED, bench_case, kernel_providers, simple_main, use_compile
 from rlhf_fast import ops
 
 MARGIN = 0.0
@@ -72,10 +72,7 @@ def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None 
 
 
 def main(argv=None) -> int:
-    args = standard_args(__doc__).parse_args(argv)
-    device = pick_device(args.device)
-    rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps)
-    return finish(rows, "bench_ranking_loss", device, args, skipped)
+    return simple_main(run, "bench_ranking_loss", __doc__, argv)
 
 
 if __name__ == "__main__":
