@@ -52,6 +52,8 @@ class DataConfig:
     synthetic_train: int = doc(2000, "synthetic task: number of training rows generated when train_file is None")
     synthetic_eval: int = doc(200, "synthetic task: number of held-out rows generated when eval_file is None")
     synthetic_k: int = doc(4, "synthetic task: responses ranked per prompt in the reward-model data")
+    synthetic_policy_samples: int = doc(0, "synthetic task, RM: how many of the K responses are sampled from the SFT "
+                                           "model (model.path) instead of hand-made, as InstructGPT ranks the policy's own samples")
     packing: bool = doc(False, "SFT: pack rows into sequences of max_length (padding-free; rows never attend to each other)")
 
 
@@ -247,6 +249,8 @@ class PPOHyperConfig:
     clip: float = doc(0.2, "policy ratio clip")
     value_clip: float = doc(0.2, "value clip around the rollout's values")
     vf_coef: float = doc(0.5, "value-loss weight")
+    value_lr: float | None = doc(None, "learning rate of the value model (None: optim.lr)")
+    critic_warmup_steps: int = doc(0, "first iterations that train only the value model (the policy stays put)")
     entropy_coef: float = doc(0.0, "entropy bonus weight")
     kl_beta: float = doc(0.02, "per-token KL penalty coefficient (the paper: 0.02)")
     kl_estimator: str = doc("k1", "per-token KL estimate in the reward: k1 (log-ratio) or k3")

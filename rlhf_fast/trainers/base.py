@@ -102,7 +102,10 @@ class Trainer:
         self.resume_from = latest_checkpoint(self.output_dir) if self.cfg.run.resume else None
         self.setup_models()  # loads the weights of self.resume_from when set
         o = self.cfg.optim
-        groups = [{"params": [p for p in group if p.requires_grad]} for group in self.parameter_groups()]
+        groups = []
+        for group in self.parameter_groups():
+            group = group if isinstance(group, dict) else {"params": group}
+            groups.append({**group, "params": [p for p in group["params"] if p.requires_grad]})
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
         self.order = BatchOrder(len(train_rows), self.rows_per_batch(), self.cfg.run.seed)
@@ -116,8 +119,9 @@ class Trainer:
         return self.cfg.optim.batch_size
 
     def parameter_groups(self) -> list:
-        """Lists of trained parameters; each group's gradient norm is clipped on its own (so, in PPO,
-        the value loss cannot shrink the policy's step)."""
+        """Lists of trained parameters, or dicts {"params": [...], "lr": ...} for a group with its own
+        learning rate; each group's gradient norm is clipped on its own (so, in PPO, the value loss
+        cannot shrink the policy's step)."""
         return [list(self.model.parameters())]
 
     def _trim_metrics(self) -> None:

@@ -118,7 +118,8 @@ class PPOTrainer(Trainer):
         self.ptx_position = 0
 
     def parameter_groups(self) -> list:
-        return [list(self.model.parameters()), list(self.value.parameters())]
+        value_lr = self.cfg.ppo.value_lr or self.cfg.optim.lr
+        return [list(self.model.parameters()), {"params": list(self.value.parameters()), "lr": value_lr}]
 
     @contextlib.contextmanager
     def on_device(self, model):
@@ -185,6 +186,7 @@ class PPOTrainer(Trainer):
         n_updates, train_tokens = 0, 0
         B = len(prompts)
         t1 = time.perf_counter()
+        train_policy = self.step >= p.critic_warmup_steps  # first fit the value model to the frozen policy
         for _ in range(p.epochs):
             for mb in torch.randperm(B).split(p.minibatch_size):
                 mb = mb.to(self.device)
@@ -194,10 +196,10 @@ class PPOTrainer(Trainer):
                     pg_loss, clipfrac, approx_kl = policy_loss(lp, exp["old_logprobs"][mb], exp["advantages"][mb], mask[mb], p.clip)
                     values = response_values(self.value, rollout, mb)
                     vf_loss, vf_clipfrac = value_loss(values, exp["values"][mb], exp["returns"][mb], mask[mb], p.value_clip)
-                    loss = pg_loss + p.vf_coef * vf_loss
-                    if entropy is not None:
+                    loss = p.vf_coef * vf_loss + (pg_loss if train_policy else 0.0)
+                    if entropy is not None and train_policy:
                         loss = loss - p.entropy_coef * masked_mean(entropy, mask[mb])
-                    if p.ptx_coef > 0:
+                    if p.ptx_coef > 0 and train_policy:
                         ptx = self.ptx_loss()
                         loss = loss + p.ptx_coef * ptx
                         stats["loss/ptx"] = stats.get("loss/ptx", 0.0) + ptx.item()
@@ -225,11 +227,23 @@ class PPOTrainer(Trainer):
             "value/explained_variance": explained_variance(exp["values"], exp["returns"], mask),
             "rollout/response_length": lengths.mean().item(),
             "rollout/eos_frac": rollout.ended.float().mean().item(),
+            **self.rollout_gold(prompts, rollout),
             "perf/rollout_tokens_per_s": rollout.tokens_per_s,
             "perf/rollout_s": t_rollout,
             "perf/train_tokens_per_s": train_tokens / t_train if t_train > 0 else 0.0,
             "optim/lr": self.scheduler.get_last_lr()[0],
         }
+
+    def rollout_gold(self, prompts: list[str], rollout: Rollout) -> dict:
+        """The synthetic task's gold score of the sampled responses: what the RM score stands in for."""
+        if self.cfg.data.train_file is not None:
+            return {}
+        from rlhf_fast.data.synthetic import SyntheticTask
+
+        task = SyntheticTask(seed=self.cfg.run.seed)
+        ids = torch.where(rollout.response_mask, rollout.response_ids, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return {"rollout/gold_score": sum(task.score(p, t) for p, t in zip(prompts, texts)) / len(prompts)}
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -13,7 +13,7 @@ from rlhf_fast.data.collate import ranking_batch, sft_batch
 from rlhf_fast.data.sources import load_rows
 from rlhf_fast.evaluation import ranking_accuracy
 from rlhf_fast.models.attention import choose_attn_implementation
-from rlhf_fast.models.loading import build_or_load_causal_lm, load_tokenizer_for, resolve_dtype
+from rlhf_fast.models.loading import build_or_load_causal_lm, load_tokenizer_for, resolve_device, resolve_dtype
 from rlhf_fast.models.reward import RewardModel
 from rlhf_fast.trainers.base import Trainer
 from rlhf_fast.trainers.sft import _WithTokenizer
@@ -40,8 +40,7 @@ class RMTrainer(Trainer):
         self.tokenizer = load_tokenizer_for(self.cfg.model)
         resume_path = os.path.join(self.resume_from, REWARD_MODEL) if self.resume_from else None
         self.model = build_reward_model(self.cfg.model, self.tokenizer, self.device, resume_path)
-        d = self.cfg.data
-        self.eval_rows = load_rows(d.eval_file, "ranking", d, "eval", self.cfg.run.seed)
+        self.eval_rows = ranking_rows(self.cfg, "eval", self.tokenizer, self.device)
 
     def micro_step(self, rows):
         batch, truncated = ranking_batch(self.tokenizer, rows, self.cfg.data.max_length)
@@ -77,8 +76,28 @@ class RMTrainer(Trainer):
         return {REWARD_MODEL: _WithTokenizer(self.model, self.tokenizer)}
 
 
-def run_rm(cfg) -> dict:
+def ranking_rows(cfg, split: str, tokenizer=None, device=None) -> list[dict]:
+    """The rows of a split: from the data files, or the synthetic task's rankings of hand-made
+    candidates, or (data.synthetic_policy_samples > 0) of the SFT model's own samples."""
     d = cfg.data
+    path = d.train_file if split == "train" else d.eval_file
+    if path is not None or d.synthetic_policy_samples == 0:
+        return load_rows(path, "ranking", d, split, cfg.run.seed)
+    if cfg.model.path is None:
+        raise ValueError("rm: data.synthetic_policy_samples needs model.path, the SFT model to sample responses from")
+    from rlhf_fast.data.policy_rankings import policy_ranking_rows
+    from rlhf_fast.data.synthetic import SyntheticTask
+
+    tokenizer = tokenizer or load_tokenizer_for(cfg.model)
+    device = device or resolve_device(cfg.run.device)
+    policy = build_or_load_causal_lm(cfg.model, tokenizer, device)
+    n = d.synthetic_train if split == "train" else d.synthetic_eval
+    examples = SyntheticTask(seed=cfg.run.seed).sample(n, split)
+    return policy_ranking_rows(policy, tokenizer, examples, d.synthetic_k, d.synthetic_policy_samples,
+                               seed=cfg.run.seed + (0 if split == "train" else 1), max_new_tokens=d.max_length // 2)
+
+
+def run_rm(cfg) -> dict:
     trainer = RMTrainer(cfg)
-    trainer.setup(load_rows(d.train_file, "ranking", d, "train", cfg.run.seed))
+    trainer.setup(ranking_rows(cfg, "train"))
     return trainer.train()
