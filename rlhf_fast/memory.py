@@ -205,7 +205,7 @@ def table(models: list[Shapes], gpus: list[int], st: Setting | None = None) -> s
              "|---|---|---|" + "---|" * len(STAGES)]
     for s in models:
         for n in gpus:
-            cells = [f"{per_gpu_gb(s, n, stage, st):.1f}" for stage in STAGES]
+            cells = [cell(per_gpu_gb(s, n, stage, st)) for stage in STAGES]
             lines.append(f"| {s.name} | {human(s.params)} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -217,5 +217,11 @@ def human(n: float) -> str:
     return str(int(n))
 
 
+def cell(x_gb: float) -> str:
+    return f"{x_gb:.1f}" if x_gb >= 0.1 else f"{x_gb:.2g}"
+
+
 def gb(x: float) -> str:
+    if x == 0:
+        return "0"
     return f"{x / GB:.2f}" if x >= 0.01 * GB else f"{x / 2**20:.1f} MB"
