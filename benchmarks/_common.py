@@ -243,10 +243,11 @@ def write_results(rows: list[Row], name: str, device: torch.device, out_dir: str
     records = [asdict(r) for r in rows]
     paths = {"csv": base + ".csv", "json": base + ".json", "md": base + ".md"}
     with open(paths["csv"], "w", newline="") as f:
-        cols = [k for k in records[0] if k != "extra"] if records else []
-        writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        cols = list(records[0]) if records else []
+        writer = csv.DictWriter(f, fieldnames=cols)
         writer.writeheader()
-        writer.writerows(records)
+        for rec in records:  # extra (throughputs, notes) as one JSON column, as the suite's results.csv
+            writer.writerow(rec | {"extra": json.dumps(rec["extra"], default=str)})
     with open(paths["json"], "w") as f:
         json.dump({"meta": metadata(device), "rows": records}, f, indent=1, default=str)
     with open(paths["md"], "w") as f:
@@ -371,7 +372,15 @@ def standard_args(description: str):
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per provider")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<device>)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is much steadier on a loaded small machine)")
     return p
+
+
+def apply_threads(args) -> None:
+    """torch.set_num_threads(--threads) when given."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
 
 
 def finish(rows: list[Row], name: str, device: torch.device, args, skipped: list[str]) -> int:
@@ -390,6 +399,7 @@ def finish(rows: list[Row], name: str, device: torch.device, args, skipped: list
 def simple_main(run, name: str, description: str, argv=None) -> int:
     """The command line of a kernel benchmark whose run(device, dtype, quick, reps) takes no extra options."""
     args = standard_args(description).parse_args(argv)
+    apply_threads(args)
     device = pick_device(args.device)
     rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps)
     return finish(rows, name, device, args, skipped)

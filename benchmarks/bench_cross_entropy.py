@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import COMPILE_SKIPPED, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
+from benchmarks._common import COMPILE_SKIPPED, apply_threads, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
 from benchmarks.bench_logprob import make_inputs
 from rlhf_fast import ops
 
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     p = standard_args(__doc__)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     args = p.parse_args(argv)
+    apply_threads(args)
     device = pick_device(args.device)
     rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps, not args.no_compile)
     return finish(rows, "bench_cross_entropy", device, args, skipped)

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from benchmarks._common import COMPILE_SKIPPED, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
+from benchmarks._common import COMPILE_SKIPPED, apply_threads, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
 from rlhf_fast import ops
 
 flp = importlib.import_module("rlhf_fast.ops.fused_linear_logprobs")
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
     p.add_argument("--tiles", default=None, help="override the tile sizes of the device's backends: BN,BV")
     args = p.parse_args(argv)
+    apply_threads(args)
     device = pick_device(args.device)
     if args.tiles:
         bn, bv = (int(x) for x in args.tiles.split(","))

@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import bench_case, finish, pick_device, standard_args
+from benchmarks._common import (
+    apply_threads,
+    bench_case,
+    finish,
+    pick_device,
+    standard_args,
+)
 from rlhf_fast import ops
 
 STAGES = ("sft", "rm", "ppo_rollout", "ppo_train")
@@ -291,6 +297,7 @@ def main(argv=None) -> int:
     p = standard_args(__doc__)
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ", ".join(STAGES))
     args = p.parse_args(argv)
+    apply_threads(args)
     device = pick_device(args.device)
     rows, skipped = run(device, getattr(torch, args.dtype), args.quick, args.reps, only=tuple(args.stages.split(",")))
     return finish(rows, "bench_stages", device, args, skipped)

@@ -41,6 +41,7 @@ BENCHMARKS: dict[str, tuple[str, dict]] = {
     "stage:rm": ("benchmarks.bench_stages", {"only": ("rm",)}),
     "stage:ppo_rollout": ("benchmarks.bench_stages", {"only": ("ppo_rollout",)}),
     "stage:ppo_train": ("benchmarks.bench_stages", {"only": ("ppo_train",)}),
+    "stage:ppo_step": ("benchmarks.bench_ppo_step", {}),
 }
 
 
@@ -185,8 +186,10 @@ def write_outputs(rows: list[Row], skipped: list[str], device: torch.device, out
                 f.write(f"![{op}]({png})\n\n")
         stage_rows = [r for r in rows if is_stage(r)]
         if stage_rows:
-            f.write("## Training stages\n\nOne timed call = one optimizer step (SFT, RM, PPO training) or one "
-                    "batch of generation (PPO rollout); rlhf_fast ops against the full-logits / reference ops.\n\n")
+            f.write("## Training stages\n\nOne timed call = one optimizer step (SFT, RM, PPO training), one "
+                    "batch of generation (PPO rollout) or one whole PPO iteration (ppo_step: rollout, experience, "
+                    "updates; throughput = response tokens / iteration time); rlhf_fast ops against the "
+                    "full-logits / reference ops.\n\n")
             f.write(stage_table(stage_rows) + "\n\n")
         if skipped:
             f.write("## Not run\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n")

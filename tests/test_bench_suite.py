@@ -133,3 +133,65 @@ def test_cli_bench_without_source_tree(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rlhf_fast, "__file__", str(fake_pkg / "__init__.py"))
     assert cli.main(["bench", "--quick"]) == 2
     assert "clone the repository" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one PPO iteration
+
+
+@pytest.fixture
+def tiny_ppo_step(monkeypatch):
+    """bench_ppo_step on a 4-prompt, 4-token rollout: a suite run takes a few seconds."""
+    from benchmarks import bench_ppo_step
+
+    monkeypatch.setattr(bench_ppo_step, "specs", lambda device, quick: [bench_ppo_step.Spec("tiny", 4, 4, 2, 1)])
+    return bench_ppo_step
+
+
+def test_ppo_step_reference_is_the_reference_and_agrees(tiny_ppo_step, tmp_path, monkeypatch):
+    """The torch provider runs the naive references (full-logits log-probs, loop GAE, fp64 whitening),
+    the rlhf_fast one none of them, and both iterations give the same metrics."""
+    import importlib
+
+    from rlhf_fast.ops import _backend
+
+    calls = []
+    for module, name in (("rlhf_fast.ops.fused_linear_logprobs", "fused_linear_logprobs_ref"),
+                         ("rlhf_fast.ops.gae", "gae_ref"), ("rlhf_fast.ops.masked_whiten", "masked_whiten_ref")):
+        mod = importlib.import_module(module)
+        real = getattr(mod, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls.append((_name, os.environ.get(_backend.ENV_VAR)))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(mod, name, counted)
+    assert run_cli(["--filter", "ppo_step", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert {r["provider"] for r in rows} == set(tiny_ppo_step.PROVIDERS)
+    assert all(r["op"] == "stage:ppo_step" and r["status"] == "ok" for r in rows)
+    for r in rows:
+        e = r["extra"]
+        assert e["iteration_tokens_per_s"] > 0 and e["rollout_tokens_per_s"] > 0 and e["train_tokens_per_s"] > 0
+        assert r["peak_mem_mb"] > 0
+    assert {name for name, _ in calls} == {"fused_linear_logprobs_ref", "gae_ref", "masked_whiten_ref"}
+    assert {env for _, env in calls} == {"torch"}  # never under the rlhf_fast provider ("auto")
+    fast = next(r for r in rows if r["provider"] == "rlhf_fast:ops")
+    assert set(fast["extra"]["backends"].values()) != {"torch"}
+
+
+def test_ppo_step_wrong_op_fails(tiny_ppo_step, tmp_path, monkeypatch):
+    """A GAE kernel that ignores lambda (the reference stays right) makes the iteration FAIL."""
+    from rlhf_fast.ops import _backend
+
+    real = ops.gae
+
+    def wrong_lambda(rewards, values, mask, gamma=1.0, lam=0.95, backend="auto"):
+        if _backend.resolve(backend, rewards.device, "gae") != "torch":
+            lam = 0.5
+        return real(rewards, values, mask, gamma=gamma, lam=lam, backend=backend)
+
+    monkeypatch.setattr(ops, "gae", wrong_lambda)
+    assert run_cli(["--filter", "ppo_step", "--out", str(tmp_path)]) == 1
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert next(r for r in rows if r["provider"] == "rlhf_fast:ops")["status"].startswith("FAIL")
+    assert next(r for r in rows if r["provider"] == "torch:ref_ops")["status"] == "ok"
