@@ -1,13 +1,17 @@
 """The `rlhf-fast` command: pipeline (the default demo), sft, rm, ppo, eval, info, bench.
 
 Stage commands take `--config <file or preset name>` and `--section.field value` overrides,
-e.g. `rlhf-fast sft --config tiny --optim.lr 3e-4 --run.output_dir outputs/sft`."""
+e.g. `rlhf-fast sft --config tiny --optim.lr 3e-4 --run.output_dir outputs/sft`.
+
+On several GPUs or nodes, launch a stage with torchrun (see rlhf_fast.distributed):
+`torchrun --nproc_per_node=8 -m rlhf_fast.cli sft --config 1b ...`; only rank 0 prints."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 
@@ -23,8 +27,14 @@ def _stage(args, rest, cls, section, run):
     except ConfigError as exc:
         print(f"rlhf-fast {section}: {exc}", file=sys.stderr)
         return 2
-    final = run(cfg)
-    print(json.dumps(final, indent=1, default=float))
+    from rlhf_fast import distributed
+
+    try:
+        final = run(cfg)
+        if distributed.is_main():
+            print(json.dumps(final, indent=1, default=float))
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -101,7 +111,8 @@ def _bench(rest) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, the other ranks log warnings only
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="rlhf-fast", description="Fast RLHF (InstructGPT) trainer")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("info", help="versions and available kernel backends")

@@ -79,13 +79,19 @@ class RewardModel(nn.Module):
         head.load_state_dict(state)
         return cls(backbone, head=head, offset=meta.get("offset", 0.0))
 
-    def save_pretrained(self, path: str) -> None:
+    def save_pretrained(self, path: str, state_dict: dict | None = None) -> None:
+        """state_dict: this module's tensors to save instead of its own (a sharded model's, gathered)."""
         from safetensors.torch import save_file
 
         os.makedirs(path, exist_ok=True)
-        self.backbone.save_pretrained(path, safe_serialization=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()},
-                  os.path.join(path, HEAD_WEIGHTS))
+        if state_dict is None:
+            self.backbone.save_pretrained(path, safe_serialization=True)
+            head = self.head.state_dict()
+        else:
+            self.backbone.save_pretrained(path, safe_serialization=True, state_dict={
+                k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")})
+            head = {k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")}
+        save_file({k: v.detach().contiguous().cpu() for k, v in head.items()}, os.path.join(path, HEAD_WEIGHTS))
         with open(os.path.join(path, HEAD_META), "w") as f:
             json.dump({"hidden_size": self.head.in_features, "offset": self.offset,
                        "read_at": "last response token"}, f, indent=1)

@@ -1,7 +1,11 @@
 """What the stage trainers share: set-up (device, seed, threads), the optimizer and schedule, the
 deterministic data order, the step loop with gradient accumulation and clipping, metrics, progress,
 and checkpoint / resume. A stage subclasses Trainer and fills in setup_models, micro_step, evaluate
-and models_to_save."""
+and models_to_save.
+
+Under torchrun (see rlhf_fast.distributed) the same loop runs on every rank: the models are
+FSDP2-sharded right after setup_models, each rank takes its slice of every global batch, metrics are
+averaged over ranks, and only rank 0 logs, shows progress and writes files."""
 
 from __future__ import annotations
 
@@ -13,10 +17,13 @@ import random
 import time
 
 import torch
+from torch import nn
 
+from rlhf_fast import distributed
 from rlhf_fast.config import to_dict
 from rlhf_fast.models.loading import resolve_device
-from rlhf_fast.trainers.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from rlhf_fast.trainers.checkpoint import (latest_checkpoint, load_sharded_state, load_trainer_state, save_checkpoint,
+                                           set_rng_state)
 from rlhf_fast.trainers.metrics import MetricsLogger, plot_metrics
 
 log = logging.getLogger("rlhf_fast")
@@ -56,13 +63,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _NoMetrics:
+    """The metrics logger of ranks other than 0."""
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class Trainer:
     stage = "base"
     progress_keys = ("perf/tokens_per_s",)  # metrics shown on the progress bar
+    batch_field = "optim.batch_size"  # the config field rows_per_batch() reads (named in errors)
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device = resolve_device(cfg.run.device)
+        self.device = distributed.init(resolve_device(cfg.run.device))
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         seed_everything(cfg.run.seed)
@@ -91,6 +109,10 @@ class Trainer:
         """Work after the last step (e.g. the RM's normalisation); returns final metrics."""
         return {}
 
+    def frozen_models(self) -> list:
+        """Models used but not trained (sharded too under torchrun)."""
+        return []
+
     # ---- shared ----
     def autocast(self):
         if self.device.type == "cuda":
@@ -101,6 +123,7 @@ class Trainer:
         self.train_rows = train_rows
         self.resume_from = latest_checkpoint(self.output_dir) if self.cfg.run.resume else None
         self.setup_models()  # loads the weights of self.resume_from when set
+        self.shard_models()
         o = self.cfg.optim
         groups = []
         for group in self.parameter_groups():
@@ -109,11 +132,32 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
         self.order = BatchOrder(len(train_rows), self.rows_per_batch(), self.cfg.run.seed)
+        if distributed.enabled():
+            self.order = distributed.RankSlice(self.order, self.batch_field)
         if self.resume_from:
             self.load_state(self.resume_from)
-        self.metrics = MetricsLogger(self.output_dir, resume=self.resume_from is not None)
-        if self.resume_from:
-            self._trim_metrics()
+        elif distributed.rank() > 0:  # identical initial weights, then each rank its own random stream
+            seed_everything(self.cfg.run.seed + 7919 * distributed.rank())
+        if distributed.is_main():
+            self.metrics = MetricsLogger(self.output_dir, resume=self.resume_from is not None)
+            if self.resume_from:
+                self._trim_metrics()
+        else:
+            self.metrics = _NoMetrics()
+
+    def shard_models(self) -> None:
+        """FSDP2-shards the trained models and the frozen ones (a no-op in a single process)."""
+        self.fsdp_models = []
+        if not distributed.enabled():
+            return
+        self.fsdp_models = [distributed.shard_model(m, self.device) for m in self.trained_models().values()]
+        offload = bool(getattr(getattr(self.cfg, "ppo", None), "offload_frozen", False))
+        for m in self.frozen_models():
+            distributed.shard_model(m, self.device, offload=offload)
+
+    def trained_models(self) -> dict:
+        """name -> module of every trained model (what the sharded checkpoint holds)."""
+        return {name: saver.model for name, saver in self.models_to_save().items()}
 
     def rows_per_batch(self) -> int:
         return self.cfg.optim.batch_size
@@ -139,14 +183,14 @@ class Trainer:
         cfg = self.cfg
         o = cfg.optim
         bar = None
-        if cfg.run.progress:
+        if cfg.run.progress and distributed.is_main():
             from tqdm.auto import tqdm
 
             bar = tqdm(total=o.max_steps, initial=self.step, desc=self.stage, dynamic_ncols=True)
         try:
             while self.step < o.max_steps:
                 t0 = time.perf_counter()
-                row = self.train_step()
+                row = distributed.reduce_metrics(self.train_step())
                 self.step += 1
                 dt = time.perf_counter() - t0
                 row["perf/step_s"] = dt
@@ -168,14 +212,15 @@ class Trainer:
             if bar is not None:
                 bar.close()
         final = {**self.evaluate(), **self.finish()}
-        final["data/truncated_rows"] = self.truncated_rows
-        if self.truncated_rows:
+        final["data/truncated_rows"] = truncated = int(distributed.all_reduce_sum(self.truncated_rows))
+        if truncated and distributed.is_main():
             log.warning("%s: %d rows were longer than data.max_length=%d and were truncated", self.stage,
-                        self.truncated_rows, cfg.data.max_length)
+                        truncated, cfg.data.max_length)
         self.metrics.log(self.step, final)
         self.save()
         self.metrics.close()
-        plot_metrics(self.metrics.path, os.path.join(self.output_dir, "curves.png"), title=f"{self.stage} training")
+        if distributed.is_main():
+            plot_metrics(self.metrics.path, os.path.join(self.output_dir, "curves.png"), title=f"{self.stage} training")
         return final
 
     def train_step(self) -> dict:
@@ -184,12 +229,14 @@ class Trainer:
         self.model.train()
         totals: dict = {}
         tokens = 0
-        for _ in range(o.grad_accum):
+        for micro in range(o.grad_accum):
             rows = [self.train_rows[i] for i in self.order.indices(self.data_position)]
             self.data_position += 1
-            with self.autocast():
-                loss, metrics = self.micro_step(rows)
-            loss.backward()
+            # under FSDP: gradients are reduced across ranks only in the last micro-batch's backward
+            with distributed.gradient_sync(self.fsdp_models, sync=micro == o.grad_accum - 1):
+                with self.autocast():
+                    loss, metrics = self.micro_step(rows)
+                loss.backward()
             tokens += metrics.pop("tokens", 0)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / o.grad_accum
@@ -199,7 +246,8 @@ class Trainer:
 
     def optimizer_step(self) -> float:
         """Clips each parameter group's gradient norm, steps, zeroes; returns the first group's
-        norm before clipping."""
+        norm before clipping. Under FSDP the parameters are DTensor shards and clip_grad_norm_
+        computes the norm over all ranks' shards."""
         clip = self.cfg.optim.grad_clip
         norms = [float(torch.nn.utils.clip_grad_norm_(g["params"], clip if clip > 0 else float("inf")))
                  for g in self.optimizer.param_groups]
@@ -215,11 +263,20 @@ class Trainer:
         pass
 
     def save(self) -> str:
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "data_position": self.data_position, "truncated_rows": self.truncated_rows,
-                 "config": to_dict(self.cfg), "extra": self.extra_state()}
-        path = save_checkpoint(self.output_dir, self.step, self.models_to_save(), state)
-        self.export_final(path)
+        """Every rank calls it (the sharded models are gathered to rank 0, which writes)."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        savers = self.models_to_save()
+        full = {name: distributed.full_state_dict(saver.model) for name, saver in savers.items()}
+        model_state, optim_state = get_state_dict(nn.ModuleDict(self.trained_models()), self.optimizer)
+        state = {"scheduler": self.scheduler.state_dict(), "data_position": self.data_position,
+                 "truncated_rows": int(distributed.all_reduce_sum(self.truncated_rows)),
+                 "world_size": distributed.world_size(), "config": to_dict(self.cfg), "extra": self.extra_state()}
+        path = save_checkpoint(self.output_dir, self.step, savers, state, full_state_dicts=full,
+                               sharded_state={"model": model_state, "optim": optim_state})
+        if distributed.is_main():
+            self.export_final(path)
+        distributed.barrier()
         return path
 
     def export_final(self, checkpoint: str) -> None:
@@ -237,9 +294,18 @@ class Trainer:
 
     def load_state(self, checkpoint: str) -> None:
         state = load_trainer_state(checkpoint)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:  # written before checkpoints had a sharded part (single process only)
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:  # saved at any world size, loaded at this one
+            load_sharded_state(checkpoint, nn.ModuleDict(self.trained_models()), self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
         self.data_position = state["data_position"]
-        self.truncated_rows = state.get("truncated_rows", 0)
+        self.truncated_rows = state.get("truncated_rows", 0) if distributed.is_main() else 0  # summed over ranks
+        rngs = state.get("rng_per_rank")
+        if distributed.enabled():
+            if rngs and distributed.rank() < len(rngs):
+                set_rng_state(rngs[distributed.rank()])
+            elif distributed.rank() > 0:  # more ranks than when saved: a fresh stream per rank and step
+                seed_everything(self.cfg.run.seed + 7919 * distributed.rank() + 104729 * self.step)
         self.load_extra_state(state.get("extra", {}))

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from rlhf_fast import ops
+from rlhf_fast import distributed, ops
 from rlhf_fast.data.collate import sft_batch
 from rlhf_fast.data.sources import load_rows
 from rlhf_fast.evaluation import gold_score
@@ -28,6 +28,7 @@ from rlhf_fast.trainers.sft import POLICY, _WithTokenizer, sft_loss
 VALUE_MODEL = "value_model"
 
 
+@distributed.root_forward  # under FSDP2: one forward of the root (gathers the LM head; see rlhf_fast.distributed)
 def response_logprobs(model, rollout: Rollout, rows: torch.Tensor | slice = slice(None), *, temperature: float = 1.0,
                       ref_logprobs: torch.Tensor | None = None, kl_estimator: str = "k1", compute_entropy: bool = False):
     """Per-token log-probs (and entropy, KL) of the response tokens of `rows`, from the final hidden
@@ -83,6 +84,7 @@ class RunningMoments:
 class PPOTrainer(Trainer):
     stage = "ppo"
     progress_keys = ("reward/mean", "ppo/kl_ref", "perf/rollout_tokens_per_s")
+    batch_field = "rollout.batch_size"
 
     def rows_per_batch(self) -> int:
         return self.cfg.rollout.batch_size
@@ -121,10 +123,13 @@ class PPOTrainer(Trainer):
         value_lr = self.cfg.ppo.value_lr or self.cfg.optim.lr
         return [list(self.model.parameters()), {"params": list(self.value.parameters()), "lr": value_lr}]
 
+    def frozen_models(self) -> list:
+        return [self.ref, self.reward]
+
     @contextlib.contextmanager
     def on_device(self, model):
         """Moves an offloaded frozen model to the training device for the duration."""
-        if not self.cfg.ppo.offload_frozen:
+        if not self.cfg.ppo.offload_frozen or distributed.enabled():  # sharded: FSDP's CPUOffloadPolicy does it
             yield model
             return
         model.to(self.device)
@@ -153,14 +158,14 @@ class PPOTrainer(Trainer):
         if p.no_eos_penalty:
             scores = torch.where(rollout.ended, scores, torch.full_like(scores, -abs(p.no_eos_penalty)))
         if p.score_normalize:
-            self.score_moments.update(scores)
+            self.score_moments.update(distributed.all_gather_cat(scores))  # every rank's scores, in rank order
             scores = (scores - self.score_moments.mean) / self.score_moments.std
         if p.score_clip:
             scores = scores.clamp(-p.score_clip, p.score_clip)
         rewards = assemble_rewards(kl, scores, mask, self.kl_ctl.beta)
         advantages, returns = ops.gae(rewards, values, mask, gamma=p.gamma, lam=p.lam)
         if p.whiten_advantages:
-            advantages = ops.masked_whiten(advantages, mask)
+            advantages = distributed.masked_whiten(advantages, mask)  # over all ranks' rollouts
         return {"rollout": rollout, "old_logprobs": old_lp, "values": values, "advantages": advantages,
                 "returns": returns, "kl": kl, "entropy": entropy, "scores": raw_scores, "rewards": rewards}
 
@@ -168,9 +173,9 @@ class PPOTrainer(Trainer):
         n = self.cfg.ppo.minibatch_size
         rows = [self.ptx_rows[(self.ptx_position + i) % len(self.ptx_rows)] for i in range(n)]
         self.ptx_position += n
-        batch, _ = sft_batch(self.tokenizer, rows, self.cfg.data.max_length)
-        loss, _ = sft_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
-        return loss
+        batch, _ = sft_batch(self.tokenizer, distributed.rank_slice(rows, "ppo.minibatch_size"), self.cfg.data.max_length)
+        loss, tokens = sft_loss(self.model, {k: v.to(self.device) for k, v in batch.items()})
+        return loss * distributed.global_share(tokens)
 
     def train_step(self) -> dict:
         cfg, p = self.cfg, self.cfg.ppo
@@ -188,7 +193,7 @@ class PPOTrainer(Trainer):
         t1 = time.perf_counter()
         train_policy = self.step >= p.critic_warmup_steps  # first fit the value model to the frozen policy
         for _ in range(p.epochs):
-            for mb in torch.randperm(B).split(p.minibatch_size):
+            for mb in torch.randperm(B).split(distributed.per_rank(p.minibatch_size, "ppo.minibatch_size")):
                 mb = mb.to(self.device)
                 with self.autocast():
                     lp, entropy, _ = response_logprobs(self.model, rollout, mb, temperature=cfg.rollout.temperature,
@@ -199,6 +204,8 @@ class PPOTrainer(Trainer):
                     loss = p.vf_coef * vf_loss + (pg_loss if train_policy else 0.0)
                     if entropy is not None and train_policy:
                         loss = loss - p.entropy_coef * masked_mean(entropy, mask[mb])
+                    share = distributed.global_share(int(mask[mb].sum())) if distributed.enabled() else 1.0
+                    loss = loss * share  # token means over the global minibatch
                     if p.ptx_coef > 0 and train_policy:
                         ptx = self.ptx_loss()
                         loss = loss + p.ptx_coef * ptx
@@ -208,18 +215,21 @@ class PPOTrainer(Trainer):
                 n_updates += 1
                 train_tokens += int(mask[mb].sum())
                 for k, v in (("loss/policy", pg_loss.detach()), ("loss/value", vf_loss.detach()), ("ppo/clipfrac", clipfrac),
-                             ("ppo/approx_kl", approx_kl), ("value/clipfrac", vf_clipfrac), ("optim/grad_norm", grad_norm)):
-                    stats[k] = stats.get(k, 0.0) + float(v)
+                             ("ppo/approx_kl", approx_kl), ("value/clipfrac", vf_clipfrac)):
+                    stats[k] = stats.get(k, 0.0) + float(v) * share
+                stats["optim/grad_norm"] = stats.get("optim/grad_norm", 0.0) + grad_norm
         t_train = time.perf_counter() - t1
         self.scheduler.step()
         stats = {k: v / max(1, n_updates) for k, v in stats.items()}
         kl_per_episode = (exp["kl"] * mask).sum(-1)
-        self.kl_ctl.update(kl_per_episode.mean().item(), n_steps=B)
+        all_kl, all_scores = distributed.all_gather_cat(kl_per_episode), distributed.all_gather_cat(exp["scores"])
+        self.kl_ctl.update(all_kl.mean().item(), n_steps=len(all_kl))
         lengths = mask.sum(-1).float()
+        # every value below is a mean over this rank's episodes; the trainer averages them over ranks
         return {
             **stats,
             "reward/mean": exp["scores"].mean().item(),
-            "reward/std": exp["scores"].std().item() if B > 1 else 0.0,
+            "reward/std": all_scores.std().item() if len(all_scores) > 1 else 0.0,
             "reward/total_mean": exp["rewards"].sum(-1).mean().item(),
             "ppo/kl_ref": kl_per_episode.mean().item(),
             "ppo/kl_beta": self.kl_ctl.beta,

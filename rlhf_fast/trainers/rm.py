@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from rlhf_fast import ops
+from rlhf_fast import distributed, ops
 from rlhf_fast.data.collate import ranking_batch, sft_batch
 from rlhf_fast.data.sources import load_rows
 from rlhf_fast.evaluation import ranking_accuracy
@@ -32,6 +32,14 @@ def build_reward_model(model_cfg, tokenizer, device, path: str | None = None) ->
                                        trust_remote_code=model_cfg.trust_remote_code)
 
 
+def prompts_with_pairs(ranks: torch.Tensor) -> int:
+    """Batch elements with at least one ordered pair (two non-empty slots of different rank)."""
+    valid = ranks >= 0
+    best = torch.where(valid, ranks, ranks.max() + 1).amin(-1)
+    worst = torch.where(valid, ranks, -1).amax(-1)
+    return int((worst > best).sum())
+
+
 class RMTrainer(Trainer):
     stage = "rm"
     progress_keys = ("loss/rm", "rm/accuracy", "perf/tokens_per_s")
@@ -50,7 +58,10 @@ class RMTrainer(Trainer):
         rewards = self.model(batch["input_ids"], batch["attention_mask"], batch["last_index"]).view(ranks.shape)
         loss, accuracy = ops.ranking_loss(rewards, ranks, margin=self.cfg.margin)
         tokens = int(batch["attention_mask"].sum())
-        return loss / self.cfg.optim.grad_accum, {"loss/rm": loss.detach(), "rm/accuracy": accuracy, "tokens": tokens}
+        # the loss is a mean over the prompts that have a pair: weigh this rank's by its share of them
+        share = distributed.global_share(prompts_with_pairs(ranks)) if distributed.enabled() else 1.0
+        return loss * share / self.cfg.optim.grad_accum, {"loss/rm": loss.detach() * share, "rm/accuracy": accuracy,
+                                                          "tokens": tokens}
 
     def evaluate(self) -> dict:
         return {"eval/rm_accuracy": ranking_accuracy(self.model, self.tokenizer, self.eval_rows, self.cfg.data.max_length)}

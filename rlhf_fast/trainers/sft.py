@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from rlhf_fast import ops
+from rlhf_fast import distributed, ops
 from rlhf_fast.data.collate import IGNORE_INDEX, packed_sft_batch, sft_batch
 from rlhf_fast.data.sources import load_rows
 from rlhf_fast.evaluation import gold_score
@@ -18,6 +18,7 @@ from rlhf_fast.trainers.base import Trainer
 POLICY = "policy"
 
 
+@distributed.root_forward  # under FSDP2: one forward of the root (gathers the LM head; see rlhf_fast.distributed)
 def sft_loss(model, batch: dict, reduction: str = "mean") -> tuple[torch.Tensor, int]:
     """NLL of the response tokens (labels != IGNORE_INDEX) and how many there are. A packed batch
     (position_ids, no attention_mask) keeps its rows apart through the block-diagonal mask."""
@@ -49,7 +50,8 @@ class SFTTrainer(Trainer):
         self.truncated_rows += truncated
         batch = {k: v.to(self.device) for k, v in batch.items()}
         loss, tokens = sft_loss(self.model, batch)
-        return loss / self.cfg.optim.grad_accum, {"loss/sft": loss.detach(), "tokens": tokens}
+        share = distributed.global_share(tokens)  # 1.0 in a single process; the mean over all ranks' tokens
+        return loss * share / self.cfg.optim.grad_accum, {"loss/sft": loss.detach() * share, "tokens": tokens}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -78,8 +80,12 @@ class _WithTokenizer:
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
 
-    def save_pretrained(self, path: str) -> None:
-        self.model.save_pretrained(path)  # safetensors
+    def save_pretrained(self, path: str, state_dict: dict | None = None) -> None:
+        """state_dict: tensors to save instead of the model's own (a sharded model's, gathered)."""
+        if state_dict is None:
+            self.model.save_pretrained(path)  # safetensors
+        else:
+            self.model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
 
 
