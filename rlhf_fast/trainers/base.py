@@ -76,7 +76,8 @@ class _NoMetrics:
 class Trainer:
     stage = "base"
     progress_keys = ("perf/tokens_per_s",)  # metrics shown on the progress bar
-    batch_field = "optim.batch_size"  # the config field rows_per_batch() reads (named in errors)
+    # global batch sizes (config fields) that each rank takes a slice of; the first is rows_per_batch()
+    per_rank_fields = ("optim.batch_size",)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -121,6 +122,9 @@ class Trainer:
 
     def setup(self, train_rows: list[dict]) -> None:
         self.train_rows = train_rows
+        for field in self.per_rank_fields if distributed.enabled() else ():  # fail before building models
+            section, name = field.split(".")
+            distributed.per_rank(getattr(getattr(self.cfg, section), name), field)
         self.resume_from = latest_checkpoint(self.output_dir) if self.cfg.run.resume else None
         self.setup_models()  # loads the weights of self.resume_from when set
         self.shard_models()
@@ -133,7 +137,7 @@ class Trainer:
         self.scheduler = cosine_schedule(self.optimizer, o.warmup_steps, o.max_steps, o.min_lr_ratio)
         self.order = BatchOrder(len(train_rows), self.rows_per_batch(), self.cfg.run.seed)
         if distributed.enabled():
-            self.order = distributed.RankSlice(self.order, self.batch_field)
+            self.order = distributed.RankSlice(self.order, self.per_rank_fields[0])
         if self.resume_from:
             self.load_state(self.resume_from)
         elif distributed.rank() > 0:  # identical initial weights, then each rank its own random stream

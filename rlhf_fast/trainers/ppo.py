@@ -84,7 +84,7 @@ class RunningMoments:
 class PPOTrainer(Trainer):
     stage = "ppo"
     progress_keys = ("reward/mean", "ppo/kl_ref", "perf/rollout_tokens_per_s")
-    batch_field = "rollout.batch_size"
+    per_rank_fields = ("rollout.batch_size", "ppo.minibatch_size")
 
     def rows_per_batch(self) -> int:
         return self.cfg.rollout.batch_size
