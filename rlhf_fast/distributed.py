@@ -288,11 +288,10 @@ def shard_model(model: nn.Module, device: torch.device, offload: bool = False) -
     from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy,
                                         fully_shard, register_fsdp_forward_method)
 
-    mesh = _STATE["mesh"]
     gpu = device.type == "cuda"
-    on_gpu_dtype = next(model.parameters()).dtype
-    param_dtype = torch.bfloat16 if gpu and on_gpu_dtype == torch.float32 else None
-    kw = dict(mesh=mesh, offload_policy=CPUOffloadPolicy() if offload and gpu else OffloadPolicy())
+    # fp32 master weights (model.dtype=auto): gathered and computed in bf16 on GPU; fp32 on CPU
+    param_dtype = torch.bfloat16 if gpu and next(model.parameters()).dtype == torch.float32 else None
+    kw = {"mesh": _STATE["mesh"], "offload_policy": CPUOffloadPolicy() if offload and gpu else OffloadPolicy()}
     blocks = _block_classes(model)
     units = [m for m in model.modules() if type(m).__name__ in blocks]
     if not units:
@@ -304,13 +303,15 @@ def shard_model(model: nn.Module, device: torch.device, offload: bool = False) -
     fully_shard(model, mp_policy=MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
                                                       cast_forward_inputs=False), **kw)
 
+    # forward entries besides forward(): the root_forward functions, the value model's per-token scores
     setattr(model, _CALL, types.MethodType(lambda self, fn, *a, **k: fn(self, *a, **k), model))
-    for name in (_CALL, "token_scores", "generate"):
+    for name in (_CALL, "token_scores"):
         if hasattr(model, name):
             register_fsdp_forward_method(model, name)
             _reshard_root_after_no_grad(model, name)
     model.register_forward_hook(lambda module, args, out: _reshard_root_if_no_grad(module))
     if hasattr(model, "generate"):
+        register_fsdp_forward_method(model, "generate")
         inner = model.generate
         subunits = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
 
