@@ -14,8 +14,8 @@ With WORLD_SIZE > 1:
   final norm, LM head or reward head). On GPU the all-gathered parameters are bf16 and gradients
   are reduced in fp32 (`MixedPrecisionPolicy`); the sharded master weights and Adam states stay
   fp32. On CPU (gloo; used by the tests) everything is fp32. Frozen models (PPO's reference and
-  reward model) are sharded the same way, kept on the CPU between uses with FSDP2's
-  `CPUOffloadPolicy` when `ppo.offload_frozen` is set.
+  reward model) are sharded the same way, stored in bf16 on GPU (what their forward computes in
+  anyway), and kept in CPU memory with FSDP2's `CPUOffloadPolicy` when `ppo.offload_frozen` is set.
 - The data is sharded by rank: each rank takes its contiguous slice of the global batch, so the
   global batch (`optim.batch_size`, `rollout.batch_size`, `ppo.minibatch_size`) means the same at
   any world size and must be divisible by it. Means over tokens (or prompts) are taken over the
@@ -279,10 +279,11 @@ def _block_classes(model: nn.Module) -> set[str]:
     return names
 
 
-def shard_model(model: nn.Module, device: torch.device, offload: bool = False) -> nn.Module:
+def shard_model(model: nn.Module, device: torch.device, frozen: bool = False, offload: bool = False) -> nn.Module:
     """FSDP2: one unit per transformer block, then the root; bf16 compute / fp32 reduction on GPU.
-    Registers `generate`, `token_scores` and the `root_forward` entry as forward methods. In place;
-    returns the model. A no-op in a single process."""
+    A frozen model is stored in bf16 on GPU (its forward computes in bf16 either way) and, with
+    offload, kept in CPU memory. Registers `generate`, `token_scores` and the `root_forward` entry
+    as forward methods. In place; returns the model. A no-op in a single process."""
     if not enabled():
         return model
     from torch.distributed.fsdp import (CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy,
@@ -291,6 +292,9 @@ def shard_model(model: nn.Module, device: torch.device, offload: bool = False) -
     gpu = device.type == "cuda"
     # fp32 master weights (model.dtype=auto): gathered and computed in bf16 on GPU; fp32 on CPU
     param_dtype = torch.bfloat16 if gpu and next(model.parameters()).dtype == torch.float32 else None
+    if frozen and param_dtype is not None:  # no master weights to keep: store what the forward uses
+        model.to(param_dtype)
+        param_dtype = None
     kw = {"mesh": _STATE["mesh"], "offload_policy": CPUOffloadPolicy() if offload and gpu else OffloadPolicy()}
     blocks = _block_classes(model)
     units = [m for m in model.modules() if type(m).__name__ in blocks]

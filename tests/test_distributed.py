@@ -25,12 +25,19 @@ RM = ["--config", "tiny", "--model.path", "none", "--run.device", "cpu", "--run.
       "--optim.batch_size", "4", "--optim.max_steps", "3", "--optim.warmup_steps", "1", "--data.synthetic_train", "40",
       "--data.synthetic_eval", "8", "--data.synthetic_k", "3"]
 # one minibatch per iteration, so each update sees the whole global batch whatever the world size;
-# two epochs (the second update has ratios != 1), ptx, entropy bonus, score normalisation, adaptive KL
+# two epochs (the second update has ratios != 1), ptx, entropy bonus, score normalisation, adaptive KL,
+# a value learning rate of its own, and a first iteration that trains the value model only
 PPO = ["--config", "tiny", "--model.path", "none", "--reward_model", "none", "--run.device", "cpu", "--run.threads", "1",
        "--run.progress", "false", "--rollout.batch_size", "8", "--rollout.max_new_tokens", "6", "--ppo.minibatch_size", "8",
-       "--ppo.epochs", "2", "--optim.max_steps", "2", "--optim.lr", "3e-4", "--ppo.ptx_coef", "0.5",
-       "--ppo.entropy_coef", "0.01", "--ppo.score_normalize", "true", "--ppo.adaptive_kl", "true", "--ppo.kl_horizon", "100",
+       "--ppo.epochs", "2", "--optim.max_steps", "3", "--optim.lr", "3e-4", "--ppo.value_lr", "1e-3",
+       "--ppo.critic_warmup_steps", "1", "--ppo.ptx_coef", "0.5", "--ppo.entropy_coef", "0.01",
+       "--ppo.score_normalize", "true", "--ppo.adaptive_kl", "true", "--ppo.kl_horizon", "100",
        "--data.synthetic_train", "32", "--data.synthetic_eval", "4"]
+
+
+def rm_args(root):
+    """The RM starts from the 2-rank SFT run's policy and ranks one sample of it per prompt."""
+    return [*RM, "--model.path", str(root / "sft" / "policy"), "--data.synthetic_policy_samples", "1"]
 
 
 def metrics(out_dir, key):
@@ -72,7 +79,7 @@ def two_ranks(tmp_path_factory):
     # SFT at 2 ranks also recomputes activations in the backward: gradient checkpointing composes
     # with FSDP2 and changes no number (the single-process run does not use it)
     commands = [["sft", *SFT, "--run.output_dir", str(root / "sft"), "--model.gradient_checkpointing", "true"],
-                ["rm", *RM, "--run.output_dir", str(root / "rm")],
+                ["rm", *rm_args(root), "--run.output_dir", str(root / "rm")],
                 ["ppo", *PPO, "--run.output_dir", str(root / "ppo")]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
@@ -124,13 +131,14 @@ def test_rm_two_ranks_match_one_process(two_ranks, tmp_path):
     from rlhf_fast.trainers.rm import run_rm
 
     one = tmp_path / "one"
-    final = run_in_process(RMConfig, "rm", run_rm, RM, one)
+    final = run_in_process(RMConfig, "rm", run_rm, rm_args(two_ranks), one)
     two = two_ranks / "rm"
     expected = metrics(one, "loss/rm")
     assert len(expected) == 3
     torch.testing.assert_close(torch.tensor(metrics(two, "loss/rm")), torch.tensor(expected), rtol=1e-5, atol=1e-5)
-    # the bias offset after training (scores of the demonstrations, computed on every rank) and the export
-    assert metrics(two, "rm/offset") == pytest.approx([final["rm/offset"]], rel=1e-4, abs=1e-6)
+    # the offset after training (the demonstrations' mean score, computed on every rank). It includes the
+    # head's bias, which the ranking loss cannot see: Adam moves it by noise-driven steps of up to lr.
+    assert metrics(two, "rm/offset") == pytest.approx([final["rm/offset"]], abs=3 * 1e-3)
     assert metrics(two, "eval/rm_accuracy") == [final["eval/rm_accuracy"]]
     assert_same_weights(two / "reward_model", one / "reward_model")
     assert_same_weights(two / "reward_model", one / "reward_model", name="reward_head.safetensors")
@@ -152,10 +160,11 @@ def test_ppo_two_ranks_match_one_process_on_the_same_rollouts(two_ranks, tmp_pat
     for key in ("loss/policy", "loss/value", "loss/ptx", "reward/mean", "reward/std", "ppo/kl_ref", "ppo/kl_beta",
                 "ppo/approx_kl", "rollout/response_length", "optim/grad_norm"):
         expected = metrics(one, key)
-        assert len(expected) == 2, key
+        assert len(expected) == (2 if key == "loss/ptx" else 3), key
         torch.testing.assert_close(torch.tensor(metrics(two, key)), torch.tensor(expected), rtol=1e-4, atol=1e-6,
                                    msg=key)
-    assert metrics(one, "ppo/kl_ref")[1] > 0  # the second iteration's policy has moved
+    kl = metrics(one, "ppo/kl_ref")
+    assert kl[1] == 0 < kl[2]  # the policy stays put in the first (critic warm-up) iteration only
     assert_same_weights(two / "policy", one / "policy")
     assert_same_weights(two / "value_model", one / "value_model")
 

@@ -157,7 +157,7 @@ class Trainer:
         self.fsdp_models = [distributed.shard_model(m, self.device) for m in self.trained_models().values()]
         offload = bool(getattr(getattr(self.cfg, "ppo", None), "offload_frozen", False))
         for m in self.frozen_models():
-            distributed.shard_model(m, self.device, offload=offload)
+            distributed.shard_model(m, self.device, frozen=True, offload=offload)
 
     def trained_models(self) -> dict:
         """name -> module of every trained model (what the sharded checkpoint holds)."""

@@ -100,7 +100,8 @@ def ranking_rows(cfg, split: str, tokenizer=None, device=None) -> list[dict]:
     from rlhf_fast.data.synthetic import SyntheticTask
 
     tokenizer = tokenizer or load_tokenizer_for(cfg.model)
-    device = device or resolve_device(cfg.run.device)
+    device = device or distributed.init(resolve_device(cfg.run.device))  # under torchrun: this rank's GPU
+    # every rank samples the same rows (same weights, same seed): each then takes its slices of the batches
     policy = build_or_load_causal_lm(cfg.model, tokenizer, device)
     n = d.synthetic_train if split == "train" else d.synthetic_eval
     examples = SyntheticTask(seed=cfg.run.seed).sample(n, split)
