@@ -67,6 +67,8 @@ class OptimConfig:
     max_steps: int = doc(300, "optimizer steps to train")
     batch_size: int = doc(16, "rows per micro-batch")
     grad_accum: int = doc(1, "micro-batches per optimizer step")
+    grad_reduce_every_micro_batch: bool = doc(False, "under torchrun: reduce gradients after every micro-batch instead of "
+                                                     "the last only (less memory: no full-size fp32 gradient between them)")
     grad_clip: float = doc(1.0, "clip the global gradient norm to this (0 disables)")
 
 

@@ -358,8 +358,9 @@ def _reshard_root_after_no_grad(model, name: str) -> None:
 @contextlib.contextmanager
 def gradient_sync(models: list[nn.Module], sync: bool):
     """Gradient accumulation without redundant communication: with sync=False, FSDP keeps the
-    micro-batch's gradients unsharded and local instead of reduce-scattering them (more memory:
-    one full-size gradient per model, in fp32)."""
+    micro-batch's gradients unsharded and local instead of reduce-scattering them. That costs one
+    full-size fp32 gradient per model until the last micro-batch (optim.grad_reduce_every_micro_batch
+    trades it back for communication)."""
     if not enabled() or sync:
         yield
         return

@@ -36,8 +36,10 @@ PPO = ["--config", "tiny", "--model.path", "none", "--reward_model", "none", "--
 
 
 def rm_args(root):
-    """The RM starts from the 2-rank SFT run's policy and ranks one sample of it per prompt."""
-    return [*RM, "--model.path", str(root / "sft" / "policy"), "--data.synthetic_policy_samples", "1"]
+    """The RM starts from the 2-rank SFT run's policy, ranks one sample of it per prompt, and reduces
+    the gradients of each of its 2 micro-batches (SFT reduces once per step)."""
+    return [*RM, "--model.path", str(root / "sft" / "policy"), "--data.synthetic_policy_samples", "1",
+            "--optim.grad_accum", "2", "--optim.grad_reduce_every_micro_batch", "true"]
 
 
 def metrics(out_dir, key):

@@ -237,7 +237,8 @@ class Trainer:
             rows = [self.train_rows[i] for i in self.order.indices(self.data_position)]
             self.data_position += 1
             # under FSDP: gradients are reduced across ranks only in the last micro-batch's backward
-            with distributed.gradient_sync(self.fsdp_models, sync=micro == o.grad_accum - 1):
+            sync = micro == o.grad_accum - 1 or o.grad_reduce_every_micro_batch
+            with distributed.gradient_sync(self.fsdp_models, sync=sync):
                 with self.autocast():
                     loss, metrics = self.micro_step(rows)
                 loss.backward()
