@@ -21,6 +21,11 @@ With WORLD_SIZE > 1:
   any world size and must be divisible by it. Means over tokens (or prompts) are taken over the
   global batch: a rank scales its local mean by `global_share(count)`, because FSDP averages the
   gradients over ranks.
+- Every rank builds the same initial weights (same seed), then ranks r > 0 reseed (seed + 7919 r)
+  so that their samples and dropout differ. Evaluation runs on every rank over the whole held-out
+  set (the same numbers everywhere: every rank must run the same sharded forwards anyway).
+- Metrics are averaged over ranks; only rank 0 logs, shows progress and writes files. Checkpoints:
+  see rlhf_fast.trainers.checkpoint (DCP shards from every rank, HF folders gathered to rank 0).
 
 The fused log-prob path and FSDP2. `sft_loss` and PPO's `response_logprobs` run
 `model.get_decoder()` and then use `model.get_output_embeddings().weight` directly (so the
