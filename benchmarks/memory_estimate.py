@@ -73,7 +73,7 @@ def report(models: list[M.Shapes], gpus: list[int], st: M.Setting, measure: bool
            "'frozen offloaded' keeps those in CPU memory (FSDP2 CPUOffloadPolicy); 'shared backbone' puts the "
            "value head on the policy. Not included: CUDA context and NCCL buffers (~0.5-1 GB), fragmentation, "
            "optimizer-step temporaries. An estimate: expect the real peak within some tens of percent. "
-           "The trainer itself runs on one device today; these are the figures for sharding it with FSDP2."), "",
+           "Under torchrun the trainers shard this way (rlhf_fast/distributed.py); the shared-backbone layout is not a trainer option yet."), "",
            "## GB per GPU", "", M.table(models, gpus, st), "",
            "## Models", "",
            "| model | params (policy) | params (RM / value) | layers | hidden | vocab | largest FSDP unit |",

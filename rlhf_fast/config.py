@@ -268,6 +268,8 @@ class PPOHyperConfig:
     ptx_coef: float = doc(0.0, "PPO-ptx: weight of the pretraining NLL mixed into each step (the paper: 27.8)")
     ptx_file: str | None = doc(None, "PPO-ptx data (SFT JSONL rows); None uses the synthetic demonstrations")
     offload_frozen: bool = doc(False, "keep the reference and reward models on the CPU between uses")
+    shared_backbone: bool = doc(False, "value head on the policy's backbone (one trained network instead of two: less "
+                                       "memory; the value loss then also trains the policy's backbone)")
 
 
 @dataclass

@@ -18,7 +18,9 @@ def tiny_ppo(tmp_path, name, *extra):
         "--model.path", "none", "--reward_model", "none", "--run.output_dir", str(tmp_path / name),
         "--run.progress", "false", "--run.device", "cpu", "--rollout.batch_size", "8",
         "--rollout.max_new_tokens", "6", "--ppo.minibatch_size", "4", "--optim.max_steps", "3",
-        "--data.synthetic_eval", "4", *extra])
+        "--data.synthetic_eval", "4",
+        # the tests' own PPO settings, not the demo's tuning in configs/tiny.yaml
+        "--ppo.score_normalize", "false", "--ppo.value_lr", "none", "--ppo.critic_warmup_steps", "0", *extra])
 
 
 def trainer(cfg):
@@ -105,3 +107,23 @@ def test_ppo_resume_after_a_crash_repeats_the_run(tmp_path, monkeypatch):
     t.train()
     resumed = rewards(os.path.join(crashed.run.output_dir, "metrics.jsonl"))
     torch.testing.assert_close(torch.tensor(resumed), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_critic_warmup_trains_only_the_value_model_unless_the_backbone_is_shared(tmp_path, shared):
+    t = trainer(tiny_ppo(tmp_path, f"warm{shared}", "--ppo.critic_warmup_steps", "1", "--ppo.value_lr", "1e-3",
+                         "--ppo.shared_backbone", str(shared).lower()))
+    assert (t.value.backbone is t.model.get_decoder()) == shared
+    trained = [p for g in t.optimizer.param_groups for p in g["params"]]
+    assert len({id(p) for p in trained}) == len(trained), "a parameter is in two optimizer groups"
+    assert t.optimizer.param_groups[1]["lr"] == pytest.approx(1e-3)
+    policy_before = [p.detach().clone() for p in t.model.parameters()]
+    head_before = t.value.head.weight.detach().clone()
+    t.train_step()  # step 0 < critic_warmup_steps: the value loss alone
+    policy_moved = any(not torch.equal(a, b) for a, b in zip(policy_before, t.model.parameters()))
+    assert policy_moved == shared  # shared: the value loss trains the policy's backbone too
+    assert not torch.equal(head_before, t.value.head.weight)
+    if not shared:
+        t.step = 1
+        t.train_step()  # past the warm-up: the policy trains
+        assert any(not torch.equal(a, b) for a, b in zip(policy_before, t.model.parameters()))

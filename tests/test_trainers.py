@@ -125,7 +125,7 @@ def test_sft_resume_after_a_crash_gives_the_same_losses(tmp_path, monkeypatch):
 def test_rm_trains_normalises_and_round_trips(tmp_path):
     from rlhf_fast.trainers.rm import RMTrainer
 
-    cfg = small(RMConfig, "rm", tmp_path, "rm", "--data.synthetic_k", "3")
+    cfg = small(RMConfig, "rm", tmp_path, "rm", "--data.synthetic_k", "3", "--data.synthetic_policy_samples", "0")
     trainer = RMTrainer(cfg)
     trainer.setup(synthetic_rows("ranking", "train", 40, k=3))
     final = trainer.train()

@@ -29,8 +29,8 @@ def decoded_samples(model, tokenizer, prompts: list[str], n_per_prompt: int, max
 def policy_ranking_rows(model, tokenizer, examples: list[dict], k: int, n_sampled: int, *, seed: int,
                         max_new_tokens: int, temperature: float = 1.0) -> list[dict]:
     """Ranking rows {"prompt", "responses", "ranks"} with `n_sampled` of the K responses sampled from
-    `model` and the other K - n_sampled drawn from the task's hand-made candidates (a perfect one
-    first, then a near-miss, then a poor one). Rows whose responses all tie are dropped: they hold
+    `model` and the other K - n_sampled drawn from the task's hand-made candidates (a perfect one,
+    a near-miss, a poor one, in random order). Rows whose responses all tie are dropped: they hold
     no comparison."""
     if not 0 < n_sampled <= k:
         raise ValueError(f"data.synthetic_policy_samples must be in 1..synthetic_k={k}, got {n_sampled}")

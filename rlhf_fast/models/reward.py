@@ -63,21 +63,14 @@ class RewardModel(nn.Module):
     def from_pretrained(cls, path: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                         attn_implementation: str = "sdpa", trust_remote_code: bool = False) -> "RewardModel":
         """A saved reward model, or (without a head file) a causal LM checkpoint with a fresh head."""
-        from safetensors.torch import load_file
         from transformers import AutoModel
 
         if not os.path.isdir(path):
             raise FileNotFoundError(f"reward model folder {path!r} does not exist")
         backbone = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
                                              trust_remote_code=trust_remote_code).to(device)
-        if not os.path.exists(os.path.join(path, HEAD_WEIGHTS)):
-            return cls(backbone)
-        with open(os.path.join(path, HEAD_META)) as f:
-            meta = json.load(f)
-        state = load_file(os.path.join(path, HEAD_WEIGHTS))
-        head = nn.Linear(meta["hidden_size"], 1)
-        head.load_state_dict(state)
-        return cls(backbone, head=head, offset=meta.get("offset", 0.0))
+        head, offset = load_head(path)
+        return cls(backbone, head=head, offset=offset)
 
     def save_pretrained(self, path: str, state_dict: dict | None = None) -> None:
         """state_dict: this module's tensors to save instead of its own (a sharded model's, gathered)."""
@@ -95,3 +88,16 @@ class RewardModel(nn.Module):
         with open(os.path.join(path, HEAD_META), "w") as f:
             json.dump({"hidden_size": self.head.in_features, "offset": self.offset,
                        "read_at": "last response token"}, f, indent=1)
+
+
+def load_head(path: str) -> tuple[nn.Linear | None, float]:
+    """The saved head of a reward-model folder and its offset; (None, 0.0) for a causal LM folder."""
+    from safetensors.torch import load_file
+
+    if not os.path.exists(os.path.join(path, HEAD_WEIGHTS)):
+        return None, 0.0
+    with open(os.path.join(path, HEAD_META)) as f:
+        meta = json.load(f)
+    head = nn.Linear(meta["hidden_size"], 1)
+    head.load_state_dict(load_file(os.path.join(path, HEAD_WEIGHTS)))
+    return head, meta.get("offset", 0.0)

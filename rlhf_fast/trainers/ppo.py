@@ -18,6 +18,7 @@ from rlhf_fast.data.collate import sft_batch
 from rlhf_fast.data.sources import load_rows
 from rlhf_fast.evaluation import gold_score
 from rlhf_fast.models.loading import build_or_load_causal_lm, load_tokenizer_for
+from rlhf_fast.models.reward import RewardModel, load_head
 from rlhf_fast.rollout import Rollout, sample_responses
 from rlhf_fast.trainers.base import Trainer
 from rlhf_fast.trainers.ppo_math import (AdaptiveKLController, FixedKLController, assemble_rewards, explained_variance,
@@ -105,7 +106,14 @@ class PPOTrainer(Trainer):
         else:
             self.ref = build_or_load_causal_lm(cfg.model, self.tokenizer, frozen_device)
         value_path = os.path.join(self.resume_from, VALUE_MODEL) if self.resume_from else (cfg.value_model or cfg.reward_model)
-        self.value = build_reward_model(cfg.model, self.tokenizer, self.device, value_path)
+        if cfg.ppo.shared_backbone:
+            if distributed.enabled():
+                raise ValueError("ppo.shared_backbone is not supported under torchrun yet; run with separate models")
+            # one trained network: the value head (the RM's, or the checkpoint's) reads the policy's backbone
+            head, offset = load_head(value_path) if value_path else (None, 0.0)
+            self.value = RewardModel(self.model.get_decoder(), head=head, offset=offset)
+        else:
+            self.value = build_reward_model(cfg.model, self.tokenizer, self.device, value_path)
         self.reward = build_reward_model(cfg.model, self.tokenizer, frozen_device, cfg.reward_model)
         for frozen in (self.ref, self.reward):
             frozen.eval().requires_grad_(False)
@@ -121,7 +129,8 @@ class PPOTrainer(Trainer):
 
     def parameter_groups(self) -> list:
         value_lr = self.cfg.ppo.value_lr or self.cfg.optim.lr
-        return [list(self.model.parameters()), {"params": list(self.value.parameters()), "lr": value_lr}]
+        value_params = self.value.head.parameters() if self.cfg.ppo.shared_backbone else self.value.parameters()
+        return [list(self.model.parameters()), {"params": list(value_params), "lr": value_lr}]
 
     def frozen_models(self) -> list:
         return [self.ref, self.reward]
