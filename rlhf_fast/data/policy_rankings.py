@@ -20,9 +20,8 @@ def decoded_samples(model, tokenizer, prompts: list[str], n_per_prompt: int, max
     flat = [p for p in prompts for _ in range(n_per_prompt)]
     texts: list[str] = []
     for i in range(0, len(flat), batch_size):
-        ro = sample_responses(model, tokenizer, flat[i : i + batch_size], max_new_tokens, temperature)
-        ids = torch.where(ro.response_mask, ro.response_ids, tokenizer.pad_token_id)
-        texts += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        rollout = sample_responses(model, tokenizer, flat[i : i + batch_size], max_new_tokens, temperature)
+        texts += rollout.response_texts(tokenizer)
     return [texts[j * n_per_prompt : (j + 1) * n_per_prompt] for j in range(len(prompts))]
 
 

@@ -27,6 +27,11 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
 
+    def response_texts(self, tokenizer) -> list[str]:
+        """The decoded responses (special tokens and surrounding whitespace dropped)."""
+        ids = torch.where(self.response_mask, self.response_ids, tokenizer.pad_token_id)
+        return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
     def last_token_index(self) -> torch.Tensor:
         """(B,) column of each sequence's last response token (the prompt's last token if empty)."""
         return self.prompt_len - 1 + self.response_lengths

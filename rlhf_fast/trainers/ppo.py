@@ -260,8 +260,7 @@ class PPOTrainer(Trainer):
         from rlhf_fast.data.synthetic import SyntheticTask
 
         task = SyntheticTask(seed=self.cfg.run.seed)
-        ids = torch.where(rollout.response_mask, rollout.response_ids, self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = rollout.response_texts(self.tokenizer)
         return {"rollout/gold_score": sum(task.score(p, t) for p, t in zip(prompts, texts)) / len(prompts)}
 
     @torch.no_grad()
