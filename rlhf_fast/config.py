@@ -54,6 +54,8 @@ class DataConfig:
     synthetic_k: int = doc(4, "synthetic task: responses ranked per prompt in the reward-model data")
     synthetic_policy_samples: int = doc(0, "synthetic task, RM: how many of the K responses are sampled from the SFT "
                                            "model (model.path) instead of hand-made, as InstructGPT ranks the policy's own samples")
+    synthetic_verbose_demos: float = doc(0.0, "synthetic task, demonstrations (SFT, PPO-ptx, the RM's offset): fraction written "
+                                              "by a verbose labeler who opens with a preamble ('sure, ...') that the gold labeler penalises")
     packing: bool = doc(False, "SFT: pack rows into sequences of max_length (padding-free; rows never attend to each other)")
 
 

@@ -208,6 +208,39 @@ def test_write_datasets_formats(tmp_path):
     assert not train_prompts & eval_prompts
 
 
+def test_verbose_demonstrations(examples):
+    """A fraction of SFT demonstrations opens with a preamble the gold labeler penalises; which
+    prompts get one is fixed by the prompt (any process, any order); 0 and 1 are exact."""
+    half, none, every = (SyntheticTask(seed=0, verbose_demos=f) for f in (0.5, 0.0, 1.0))
+    demos = [half.sft_demonstration(ex) for ex in examples]
+    verbose = [d != half.demonstration(ex) for d, ex in zip(demos, examples)]
+    assert 0.44 < sum(verbose) / len(examples) < 0.56
+    assert all(none.sft_demonstration(ex) == none.demonstration(ex) for ex in examples)
+    assert all(every.sft_demonstration(ex) != every.demonstration(ex) for ex in examples)
+    for ex, demo, v in zip(examples, demos, verbose):
+        score = half.score(ex["prompt"], demo)
+        assert (0.1 < score < 1.0) if v else score == 1.0, (ex["prompt"], demo)
+        if v:
+            assert demo.endswith(" " + half.demonstration(ex))  # the answer itself stays perfect
+    assert demos == [SyntheticTask(seed=0, verbose_demos=0.5).sft_demonstration(ex) for ex in reversed(examples)][::-1]
+    assert {d.split(" ")[0] for d, v in zip(demos, verbose) if v} == {"sure,", "ok,", "my"}  # every preamble used
+    with pytest.raises(ValueError, match="synthetic_verbose_demos"):
+        SyntheticTask(verbose_demos=1.5)
+
+
+def test_verbose_demonstrations_reach_the_sft_rows(tmp_path):
+    from rlhf_fast.config import DataConfig
+    from rlhf_fast.data.sources import load_rows
+
+    rows = load_rows(None, "sft", DataConfig(synthetic_train=200, synthetic_verbose_demos=0.5), "train", seed=3)
+    task = SyntheticTask(seed=3)
+    perfect = [task.score(r["prompt"], r["response"]) == 1.0 for r in rows]
+    assert 0.3 < sum(perfect) / len(rows) < 0.7
+    assert all(task.score(r["prompt"], r["response"]) == 1.0
+               for r in load_rows(None, "sft", DataConfig(synthetic_train=50), "train", seed=3))
+    path = SyntheticTask(seed=3, verbose_demos=1.0).write_datasets(str(tmp_path), n_sft=20, n_rm=4, n_ppo=2, n_eval=2)["sft"]
+    assert all(task.score(r["prompt"], r["response"]) < 1.0 for r in _read(path))
+
 # ------------------------------------------------------------------ tokenizer
 
 @pytest.fixture(scope="module")

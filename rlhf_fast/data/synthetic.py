@@ -64,6 +64,9 @@ _CAT_OF_WORD = {w: c for c, items in CATEGORIES.items() for w in items}
 
 KINDS: tuple[str, ...] = ("list", "count", "repeat", "reverse", "limit")
 
+# What a verbose labeler writes before the answer (see SyntheticTask.sft_demonstration).
+PREAMBLES: tuple[str, ...] = ("sure,", "ok, here it is:", "my answer is:")
+
 # Parameter ranges of the generated prompts (the scorer accepts any parseable values).
 LIST_N = (2, 4)          # list N items
 COUNT_RANGE = (0, 20)    # numbers
@@ -165,9 +168,12 @@ class SyntheticTask:
     and its arguments (each file has its own stream): the same seed writes the same bytes.
     """
 
-    def __init__(self, seed: int = 0, eval_frac: float = 0.2):
+    def __init__(self, seed: int = 0, eval_frac: float = 0.2, verbose_demos: float = 0.0):
+        if not 0.0 <= verbose_demos <= 1.0:
+            raise ValueError(f"verbose_demos (data.synthetic_verbose_demos) must be a fraction in [0, 1], got {verbose_demos!r}")
         self.seed = int(seed)
         self.eval_frac = float(eval_frac)
+        self.verbose_demos = float(verbose_demos)
         self._streams: dict[str, random.Random] = {}
 
     # ---------------------------------------------------------------- prompts and parsing
@@ -284,6 +290,20 @@ class SyntheticTask:
         """A perfect response (gold score 1.0) to an example from ``sample`` or ``parse``."""
         spec = self._spec(ex)
         return _render(spec["kind"], self._expected(spec))
+
+    def sft_demonstration(self, ex: dict) -> str:
+        """The demonstration a labeler writes for SFT: the perfect response, except that a fraction
+        ``verbose_demos`` of prompts (fixed by a hash of the prompt) get a verbose labeler who opens
+        with a preamble ("sure, ...") that the gold labeler penalises as extra words.
+
+        Real demonstrations are of mixed quality; rankings can then teach what imitation cannot (the
+        premise of InstructGPT). With only perfect demonstrations a well-trained SFT model leaves
+        PPO almost nothing to improve on this task."""
+        demo = self.demonstration(ex)
+        key = f"rlhf_fast.synthetic/{self.seed}/verbose/{_normalise_prompt(ex['prompt'])}"
+        if _stable_unit(key) >= self.verbose_demos:
+            return demo
+        return PREAMBLES[int(_stable_unit(key + "/preamble") * len(PREAMBLES))] + " " + demo
 
     def _expected(self, spec: dict) -> list[str]:
         kind = spec["kind"]
@@ -455,7 +475,7 @@ class SyntheticTask:
                        n_eval: int = 200, k: int = 4, n_rm_eval: int | None = None) -> dict[str, str]:
         """Write the stage datasets as JSONL under ``out_dir``; return name -> path.
 
-        sft.jsonl {"prompt", "response"} (train prompts, demonstrations);
+        sft.jsonl {"prompt", "response"} (train prompts, demonstrations; see ``sft_demonstration``);
         rm.jsonl / rm_eval.jsonl {"prompt", "responses": [k], "ranks": [k]} (train / held-out
         prompts; ranks from gold scores, 0 = best, ties equal); ppo.jsonl {"prompt"} (train);
         eval.jsonl {"prompt"} (held-out). ``n_rm_eval`` defaults to ``n_eval``.
@@ -481,7 +501,7 @@ class SyntheticTask:
             return rows
 
         sft = self.sample(n_sft, "train", rng=self._rng("data/sft"))
-        write("sft", [{"prompt": ex["prompt"], "response": self.demonstration(ex)} for ex in sft])
+        write("sft", [{"prompt": ex["prompt"], "response": self.sft_demonstration(ex)} for ex in sft])
         write("rm", ranked(n_rm, "train", "rm"))
         write("rm_eval", ranked(n_rm_eval, "eval", "rm_eval"))
         write("ppo", [{"prompt": ex["prompt"]} for ex in self.sample(n_ppo, "train", rng=self._rng("data/ppo"))])
