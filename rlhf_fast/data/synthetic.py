@@ -2,9 +2,10 @@
 
 The end-to-end demo (SFT -> reward model -> PPO) trains a tiny model on a CPU in minutes, so no
 human can write demonstrations or rank samples. This module stands in for the labelers of
-InstructGPT (Ouyang et al., 2022): it writes prompts from templates, perfect demonstrations for SFT,
-K candidate responses of varied quality whose gold scores give the RM rankings, and a gold score
-that measures how well the PPO policy follows held-out instructions.
+InstructGPT (Ouyang et al., 2022): it writes prompts from templates, demonstrations for SFT (perfect,
+or for a chosen fraction opened by a verbose preamble: see ``sft_demonstration``), K candidate
+responses of varied quality whose gold scores give the RM rankings, and a gold score that measures
+how well the PPO policy follows held-out instructions.
 
 Instruction kinds (each with a few phrasings; single-word items, numbers 0-20, answers <= 8 words):
 
