@@ -42,6 +42,14 @@ def use_compile(device: torch.device, quick: bool) -> bool:
 
 COMPILE_SKIPPED = "torch.compile references: --no-compile, or --quick on CPU"
 
+
+def compiled_reference(ref: Callable, device: torch.device, quick: bool, skipped: list[str], enabled: bool = True):
+    """torch.compile(ref) where compiled references run (noting in `skipped` where not), else None."""
+    if enabled and use_compile(device, quick):
+        return torch.compile(ref)
+    skipped.append(COMPILE_SKIPPED)
+    return None
+
 # Called as PROGRESS(op, case, mode) after each bench_case (the suite runner's progress bar).
 PROGRESS: Callable[[str, str, str], None] | None = None
 

@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import COMPILE_SKIPPED, apply_threads, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
+from benchmarks._common import apply_threads, bench_case, compiled_reference, finish, kernel_providers, pick_device, standard_args
 from benchmarks.bench_logprob import make_inputs
 from rlhf_fast import ops
 
@@ -50,10 +50,7 @@ def full_fn(f, h, w, y):
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None = None, compile_ref: bool = True):
     rows, skipped = [], []
-    compile_ref = compile_ref and use_compile(device, quick)
-    if not compile_ref:
-        skipped.append(COMPILE_SKIPPED)
-    compiled = torch.compile(cross_entropy_ref) if compile_ref else None
+    compiled = compiled_reference(cross_entropy_ref, device, quick, skipped, enabled=compile_ref)
     for N, H, V in shapes(device, quick):
         h, w, y = make_inputs(N, H, V, dtype, device)
         tol = 2e-4 if dtype == torch.float32 else 3e-2

@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from benchmarks._common import COMPILE_SKIPPED, apply_threads, bench_case, finish, kernel_providers, pick_device, standard_args, use_compile
+from benchmarks._common import apply_threads, bench_case, compiled_reference, finish, kernel_providers, pick_device, standard_args
 from rlhf_fast import ops
 
 flp = importlib.import_module("rlhf_fast.ops.fused_linear_logprobs")
@@ -88,11 +88,8 @@ def full_ent_kl_fn(f, h, w, y):
 
 def run(device: torch.device, dtype: torch.dtype, quick: bool, reps: int | None = None, compile_ref: bool = True):
     rows, skipped = [], []
-    compile_ref = compile_ref and use_compile(device, quick)
-    if not compile_ref:
-        skipped.append(COMPILE_SKIPPED)
     ref = ops.fused_linear_logprobs_ref
-    compiled = torch.compile(ref) if compile_ref else None
+    compiled = compiled_reference(ref, device, quick, skipped, enabled=compile_ref)
     for N, H, V in shapes(device, quick):
         h, w, y = make_inputs(N, H, V, dtype, device)
         h32, w32 = h.float(), w.float()

@@ -54,10 +54,9 @@ at::Tensor masked_whiten_cuda(const at::Tensor& x, const at::Tensor& mask, doubl
 void logprobs_fwd_tile_cuda(const at::Tensor& logits, const at::Tensor& labels, int64_t v_start,
                             double inv_temp, const at::Tensor& run_max, const at::Tensor& run_sum,
                             const at::Tensor& run_zsum, const at::Tensor& target, bool with_entropy) {
-  check_logprobs_tile(logits, labels, {{&run_max, "run_max"}, {&run_sum, "run_sum"},
-                                       {&run_zsum, "run_zsum"}, {&target, "target"}});
+  check_logprobs_tile(logits, labels, inv_temp, {{&run_max, "run_max"}, {&run_sum, "run_sum"},
+                                                 {&run_zsum, "run_zsum"}, {&target, "target"}});
   TORCH_CHECK(logits.is_cuda(), "logprobs_fwd_tile_ (CUDA) needs CUDA tensors, got ", logits.device());
-  TORCH_CHECK(inv_temp > 0 && std::isfinite(inv_temp), "inv_temp must be finite and > 0, got ", inv_temp);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto lab = labels.contiguous();
   check_launch(launch_logprobs_fwd_tile(to_dtype(logits, "logits"), logits.const_data_ptr(), logits.stride(0),
@@ -72,10 +71,9 @@ void logprobs_fwd_tile_cuda(const at::Tensor& logits, const at::Tensor& labels, 
 void logprobs_bwd_tile_cuda(const at::Tensor& logits, const at::Tensor& labels, int64_t v_start,
                             double inv_temp, const at::Tensor& row_max, const at::Tensor& log_sum,
                             const at::Tensor& mean_rel, const at::Tensor& g_lp, const at::Tensor& g_ent) {
-  check_logprobs_tile(logits, labels, {{&row_max, "row_max"}, {&log_sum, "log_sum"},
-                                       {&mean_rel, "mean_rel"}, {&g_lp, "g_lp"}, {&g_ent, "g_ent"}});
+  check_logprobs_tile(logits, labels, inv_temp, {{&row_max, "row_max"}, {&log_sum, "log_sum"},
+                                                 {&mean_rel, "mean_rel"}, {&g_lp, "g_lp"}, {&g_ent, "g_ent"}});
   TORCH_CHECK(logits.is_cuda(), "logprobs_bwd_tile_ (CUDA) needs CUDA tensors, got ", logits.device());
-  TORCH_CHECK(inv_temp > 0 && std::isfinite(inv_temp), "inv_temp must be finite and > 0, got ", inv_temp);
   const c10::cuda::CUDAGuard guard(logits.device());
   const auto lab = labels.contiguous();
   check_launch(launch_logprobs_bwd_tile(to_dtype(logits, "logits"), logits.data_ptr(), logits.stride(0),

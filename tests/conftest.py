@@ -23,3 +23,19 @@ def runnable_backends() -> list[str]:
 @pytest.fixture
 def device():
     return DEVICE
+
+
+def train_until_killed(trainer, at_step: int) -> None:
+    """Runs `trainer.train()` and kills it (KeyboardInterrupt) as it starts step `at_step`, as a
+    crash would: whatever checkpoints it wrote before stay on disk."""
+    original = type(trainer).train_step
+
+    def killed(self):
+        if self.step == at_step:
+            raise KeyboardInterrupt("killed")
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(trainer), "train_step", killed)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.train()

@@ -11,6 +11,7 @@ from rlhf_fast.config import PPOConfig, load_config
 from rlhf_fast.data.sources import synthetic_rows
 from rlhf_fast.trainers.ppo import PPOTrainer, response_logprobs, response_values
 from rlhf_fast.trainers.ppo_math import policy_loss, value_loss
+from tests.conftest import train_until_killed
 
 
 def tiny_ppo(tmp_path, name, *extra):
@@ -78,7 +79,7 @@ def saved_sft_and_rm(tmp_path):
     return ["--model.path", str(tmp_path / "sft"), "--reward_model", str(tmp_path / "rm")]
 
 
-def test_ppo_resume_after_a_crash_repeats_the_run(tmp_path, monkeypatch):
+def test_ppo_resume_after_a_crash_repeats_the_run(tmp_path):
     def rewards(path):
         with open(path) as f:
             return [r["reward/mean"] for r in map(json.loads, f) if "reward/mean" in r]
@@ -89,18 +90,7 @@ def test_ppo_resume_after_a_crash_repeats_the_run(tmp_path, monkeypatch):
     expected = rewards(os.path.join(full.run.output_dir, "metrics.jsonl"))
 
     crashed = tiny_ppo(tmp_path, "crash", "--run.save_every", "1", *paths)
-    t = trainer(crashed)
-    original = PPOTrainer.train_step
-
-    def crash_at_two(self):
-        if self.step == 2:
-            raise KeyboardInterrupt("killed")
-        return original(self)
-
-    monkeypatch.setattr(PPOTrainer, "train_step", crash_at_two)
-    with pytest.raises(KeyboardInterrupt):
-        t.train()
-    monkeypatch.setattr(PPOTrainer, "train_step", original)
+    train_until_killed(trainer(crashed), at_step=2)
     crashed.run.resume = True
     t = trainer(crashed)
     assert t.step == 2

@@ -13,6 +13,7 @@ from rlhf_fast.config import RMConfig, SFTConfig, load_config
 from rlhf_fast.data.collate import ranking_batch, sft_batch
 from rlhf_fast.data.sources import synthetic_rows
 from rlhf_fast.models.reward import RewardModel
+from tests.conftest import train_until_killed
 
 
 def small(cls, section, tmp_path, name, *extra):
@@ -88,7 +89,7 @@ def test_sft_run_saves_a_transformers_loadable_model(tmp_path):
     torch.testing.assert_close(loaded(ids).logits, trainer.model(ids).logits)
 
 
-def test_sft_resume_after_a_crash_gives_the_same_losses(tmp_path, monkeypatch):
+def test_sft_resume_after_a_crash_gives_the_same_losses(tmp_path):
     from rlhf_fast.trainers.sft import SFTTrainer
 
     rows = synthetic_rows("sft", "train", 40)
@@ -101,17 +102,7 @@ def test_sft_resume_after_a_crash_gives_the_same_losses(tmp_path, monkeypatch):
     crashed = small(SFTConfig, "sft", tmp_path, "crash", "--optim.max_steps", "6", "--run.save_every", "3")
     t = SFTTrainer(crashed)
     t.setup(rows)
-    original = SFTTrainer.train_step
-
-    def crash_after_four(self):
-        if self.step == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self)
-
-    monkeypatch.setattr(SFTTrainer, "train_step", crash_after_four)
-    with pytest.raises(KeyboardInterrupt):
-        t.train()
-    monkeypatch.setattr(SFTTrainer, "train_step", original)
+    train_until_killed(t, at_step=4)
     crashed.run.resume = True
     t = SFTTrainer(crashed)
     t.setup(rows)

@@ -109,11 +109,10 @@ void bwd_rows(scalar_t* base, int64_t ld, int64_t v, int64_t begin, int64_t end,
 void logprobs_fwd_tile_cpu(const at::Tensor& logits, const at::Tensor& labels, int64_t v_start,
                            double inv_temp, const at::Tensor& run_max, const at::Tensor& run_sum,
                            const at::Tensor& run_zsum, const at::Tensor& target, bool with_entropy) {
-  check_logprobs_tile(logits, labels, {{&run_max, "run_max"}, {&run_sum, "run_sum"},
-                                       {&run_zsum, "run_zsum"}, {&target, "target"}});
+  check_logprobs_tile(logits, labels, inv_temp, {{&run_max, "run_max"}, {&run_sum, "run_sum"},
+                                                 {&run_zsum, "run_zsum"}, {&target, "target"}});
   TORCH_CHECK(logits.device().is_cpu(), "logprobs_fwd_tile_ (CPU) needs CPU tensors, got ",
               logits.device());
-  TORCH_CHECK(inv_temp > 0 && std::isfinite(inv_temp), "inv_temp must be finite and > 0, got ", inv_temp);
   const int64_t n = logits.size(0), v = logits.size(1), ld = logits.stride(0);
   if (n == 0 || v == 0) return;
   const auto lab = labels.contiguous();
@@ -134,11 +133,10 @@ void logprobs_fwd_tile_cpu(const at::Tensor& logits, const at::Tensor& labels, i
 void logprobs_bwd_tile_cpu(const at::Tensor& logits, const at::Tensor& labels, int64_t v_start,
                            double inv_temp, const at::Tensor& row_max, const at::Tensor& log_sum,
                            const at::Tensor& mean_rel, const at::Tensor& g_lp, const at::Tensor& g_ent) {
-  check_logprobs_tile(logits, labels, {{&row_max, "row_max"}, {&log_sum, "log_sum"},
-                                       {&mean_rel, "mean_rel"}, {&g_lp, "g_lp"}, {&g_ent, "g_ent"}});
+  check_logprobs_tile(logits, labels, inv_temp, {{&row_max, "row_max"}, {&log_sum, "log_sum"},
+                                                 {&mean_rel, "mean_rel"}, {&g_lp, "g_lp"}, {&g_ent, "g_ent"}});
   TORCH_CHECK(logits.device().is_cpu(), "logprobs_bwd_tile_ (CPU) needs CPU tensors, got ",
               logits.device());
-  TORCH_CHECK(inv_temp > 0 && std::isfinite(inv_temp), "inv_temp must be finite and > 0, got ", inv_temp);
   const int64_t n = logits.size(0), v = logits.size(1), ld = logits.stride(0);
   if (n == 0 || v == 0) return;
   const auto lab = labels.contiguous();

@@ -2,13 +2,15 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "rlhf_fast/torch_utils.h"
 
 namespace rlhf_fast {
 
 // logits: (n, v) float with unit column stride (a column slice of a wider matrix is fine);
-// labels: (n,) int64; each of `rows`: (n,) fp32 contiguous; all on one device.
-inline void check_logprobs_tile(const at::Tensor& logits, const at::Tensor& labels,
+// labels: (n,) int64; each of `rows`: (n,) fp32 contiguous; all on one device; inv_temp finite > 0.
+inline void check_logprobs_tile(const at::Tensor& logits, const at::Tensor& labels, double inv_temp,
                                 std::initializer_list<std::pair<const at::Tensor*, const char*>> rows) {
   TORCH_CHECK(logits.dim() == 2, "logits must be 2-D (n, v), got shape ", logits.sizes());
   to_dtype(logits, "logits");
@@ -27,6 +29,7 @@ inline void check_logprobs_tile(const at::Tensor& logits, const at::Tensor& labe
     TORCH_CHECK(t->device() == logits.device(), name, " must be on ", logits.device(), ", got ",
                 t->device());
   }
+  TORCH_CHECK(inv_temp > 0 && std::isfinite(inv_temp), "inv_temp must be finite and > 0, got ", inv_temp);
 }
 
 }  // namespace rlhf_fast
